@@ -1,0 +1,175 @@
+"""Protocols: plain TOML files (benchmark/protocols/*.toml) parsed into one frozen, validated Config."""
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from benchmark.errors import UsageError
+
+PROTOCOL_DIR = Path(__file__).parent / "protocols"
+PROTOCOLS = sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
+DRIVERS = ("none", "fis", "mas", "si", "sig")  # "none": plain fine-tuning, no penalty
+MNIST_TRAIN_IMAGES = 60000
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"
+    tasks: int = 10
+    train_images: int = 55000
+    validation_images: int = 5000
+    importance_samples: int = 5000
+    test_images: int = 10000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden: tuple[int, ...] = (300, 150)
+    leaky_relu_slope: float = 0.01
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    optimizer: str = "adam"
+    lr: float = 0.001
+    batch_size: int = 100
+    epochs: int = 6
+
+
+@dataclass(frozen=True)
+class PenaltyConfig:
+    # λ per driver; `lambda` in the TOML file (a Python keyword, hence the underscore)
+    lambda_: dict[str, float] = field(default_factory=lambda: {"fis": 41.0, "mas": 4.5, "si": 0.25, "sig": 0.1})
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    batch_size: int = 1000
+    si_xi: float = 0.1
+    si_gradient: str = "task"
+    si_clip_at_zero: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    protocol: str
+    data: DataConfig
+    model: ModelConfig
+    training: TrainingConfig
+    penalty: PenaltyConfig
+    estimators: EstimatorConfig
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["penalty"] = {"lambda": d["penalty"].pop("lambda_")}
+        d["model"]["hidden"] = list(d["model"]["hidden"])
+        return d
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "penalty": PenaltyConfig,
+            "estimators": EstimatorConfig}
+
+
+def load_config(protocol: str | None = None, path: str | Path | None = None) -> Config:
+    """Read a protocol by name (from benchmark/protocols) or a config file; the file's stem names it."""
+    if path is None:
+        if protocol not in PROTOCOLS:
+            raise UsageError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
+        path = PROTOCOL_DIR / f"{protocol}.toml"
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"config file {path} is not valid TOML: {e}") from None
+    return parse_config(raw, protocol or path.stem, source=str(path))
+
+
+def parse_config(raw: dict, protocol: str, source: str = "config") -> Config:
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise UsageError(f"{source}: unknown section [{sorted(unknown)[0]}]")
+    sections = {name: _parse_section(raw.get(name, {}), cls, name, source) for name, cls in SECTIONS.items()}
+    config = Config(protocol=protocol, **sections)
+    _validate(config, source)
+    return config
+
+
+def _parse_section(raw, cls, section: str, source: str):
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: [{section}] must be a table")
+    fields = {f.name.rstrip("_"): f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise UsageError(f"{source}: unknown key {section}.{key}")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        values[f.name] = _coerce(value, default, f"{section}.{key}", source)
+    return cls(**values)
+
+
+def _coerce(value, default, key: str, source: str):
+    """Check value against the type of the field's default (TOML gives ints where floats are meant)."""
+    bad = UsageError(f"{source}: {key} = {value!r} should be like {default!r}")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad
+        return tuple(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise bad
+        return {k: _coerce(v, 0.0, f"{key}.{k}", source) for k, v in value.items()}
+    raise AssertionError(f"no rule for {key}")
+
+
+def _validate(c: Config, source: str) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UsageError(f"{source}: {message}")
+
+    d = c.data
+    need(d.dataset == "mnist", f"data.dataset = {d.dataset!r}: only 'mnist' is available")
+    need(d.tasks >= 1, "data.tasks must be at least 1")
+    need(d.train_images >= 1 and d.validation_images >= 1, "data.train_images and validation_images must be ≥ 1")
+    need(d.train_images + d.validation_images <= MNIST_TRAIN_IMAGES,
+         f"data.train_images + data.validation_images must not exceed {MNIST_TRAIN_IMAGES}")
+    need(1 <= d.importance_samples <= d.validation_images,
+         "data.importance_samples must be between 1 and data.validation_images")
+    need(1 <= d.test_images <= 10000, "data.test_images must be between 1 and 10000")
+    need(len(c.model.hidden) >= 1 and all(h >= 1 for h in c.model.hidden), "model.hidden must be positive sizes")
+    need(c.model.leaky_relu_slope >= 0, "model.leaky_relu_slope must be ≥ 0")
+    t = c.training
+    need(t.optimizer in ("adam", "sgd"), f"training.optimizer = {t.optimizer!r}: choose 'adam' or 'sgd'")
+    need(t.lr > 0, "training.lr must be > 0")
+    need(t.batch_size >= 1 and t.epochs >= 1, "training.batch_size and training.epochs must be ≥ 1")
+    for name, lam in c.penalty.lambda_.items():
+        need(name in DRIVERS and name != "none", f"penalty.lambda has unknown estimator {name!r}")
+        need(lam >= 0, f"penalty.lambda.{name} = {lam} must be ≥ 0")
+    e = c.estimators
+    need(e.batch_size >= 1, "estimators.batch_size must be ≥ 1")
+    need(e.si_xi > 0, "estimators.si_xi must be > 0")
+    need(e.si_gradient in ("task", "total"), "estimators.si_gradient must be 'task' or 'total'")

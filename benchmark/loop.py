@@ -1,0 +1,175 @@
+"""One (driver, seed) cell of the experiment: train the tasks in order, estimate importances after each.
+
+Reads top to bottom: run_sequence → train_task → train_step. Every estimator observes every run; only the
+driver's importances enter the penalty.
+"""
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmark.config import Config
+from benchmark.model import make_mlp
+from benchmark.scenario import PermutedMNIST
+from estimators import ESTIMATORS, Estimator
+
+Importances = dict[str, dict[str, Tensor]]  # estimator -> parameter name -> tensor
+
+
+class Diverged(RuntimeError):
+    """The training loss stopped being finite (λ or the learning rate too large)."""
+
+    def __init__(self, task: int, step: int, loss: float):
+        super().__init__(f"loss became {loss} at task {task}, step {step}")
+        self.task, self.step = task, step
+
+
+class Penalty:
+    """λ Σ_i Ω_i (θ_i − θ*_i)², with Ω the driver's importances summed over finished tasks and θ* the
+    parameters after the latest finished task (no ½, as in the paper author's code).
+
+    Applied through its exact gradient 2λΩ(θ − θ*), added to the task loss's gradient: SI needs the task
+    gradient on its own, and this way one backward pass gives both.
+    """
+
+    def __init__(self, lam: float):
+        self.lam = lam
+        self.omega: list[Tensor] = []
+        self.anchor: list[Tensor] = []
+
+    def consolidate(self, params: list[Tensor], omega: list[Tensor]) -> None:
+        self.omega = [o.detach().clone() for o in omega]
+        self.anchor = [p.detach().clone() for p in params]
+
+    def add_gradient(self, params: list[Tensor]) -> float:
+        """Add the penalty's gradient to every p.grad; return the penalty's value."""
+        if self.lam == 0 or not self.omega:
+            return 0.0
+        value = 0.0
+        for p, omega, anchor in zip(params, self.omega, self.anchor):
+            diff = p.detach() - anchor
+            p.grad.add_(omega * diff, alpha=2 * self.lam)
+            value += float((omega * diff.square()).sum())
+        return self.lam * value
+
+
+@dataclass
+class TaskResult:
+    task: int
+    test_accuracy: list[float]  # on every task j of the sequence, after training this task
+    validation_accuracy: list[float]
+    increments: Importances  # this task's own importance, per estimator
+    accumulated: Importances  # summed over tasks 0..task: what a penalty driven by that estimator sees
+    state_dict: dict[str, Tensor]
+    epoch_losses: list[float]  # mean penalised training loss per epoch
+    seconds: float
+
+
+def make_estimators(config: Config) -> dict[str, Estimator]:
+    e = config.estimators
+    options = {
+        "fis": {"batch_size": e.batch_size},
+        "mas": {"batch_size": e.batch_size},
+        "si": {"xi": e.si_xi, "gradient": e.si_gradient, "clip_at_zero": e.si_clip_at_zero},
+        "sig": {"batch_size": e.batch_size},
+    }
+    return {name: cls(**options[name]) for name, cls in ESTIMATORS.items()}
+
+
+def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    t = config.training
+    if t.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=t.lr)
+    return torch.optim.SGD(model.parameters(), lr=t.lr)
+
+
+def run_sequence(config: Config, driver: str, lam: float, seed: int,
+                 scenario: PermutedMNIST) -> Iterator[TaskResult]:
+    """Train tasks 0 .. T-1 in order with the driver's penalty; yield each task's results as it ends."""
+    device = scenario.train.x.device
+    torch.manual_seed(seed)  # the initial weights: the same for every driver with this seed
+    model = make_mlp(config.model).to(device)
+    optimizer = make_optimizer(config, model)  # one optimiser across tasks, as in the author's code
+    shuffle = torch.Generator().manual_seed(seed)
+    estimators = make_estimators(config)
+    penalty = Penalty(lam if driver != "none" else 0.0)
+    names = [name for name, _ in model.named_parameters()]
+    accumulated: Importances = {}
+
+    for task in range(scenario.tasks):
+        started = time.perf_counter()
+        for estimator in estimators.values():
+            estimator.begin_task(model)
+        losses = train_task(model, optimizer, scenario.inputs(scenario.train, task), scenario.train.y,
+                            config, shuffle, penalty, [e for e in estimators.values() if e.observes_steps], task)
+
+        model.eval()
+        x_imp, y_imp = scenario.inputs(scenario.importance, task), scenario.importance.y
+        increments = {name: e.importance(model, x_imp, y_imp) for name, e in estimators.items()}
+        for est, values in increments.items():
+            previous = accumulated.get(est)
+            accumulated[est] = {k: v if previous is None else previous[k] + v for k, v in values.items()}
+        if driver != "none":
+            params = list(model.parameters())
+            penalty.consolidate(params, [accumulated[driver][n] for n in names])
+
+        yield TaskResult(
+            task=task,
+            test_accuracy=[accuracy(model, scenario.inputs(scenario.test, j), scenario.test.y)
+                           for j in range(scenario.tasks)],
+            validation_accuracy=[accuracy(model, scenario.inputs(scenario.validation, j), scenario.validation.y)
+                                 for j in range(scenario.tasks)],
+            increments=increments,
+            accumulated=accumulated,
+            state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+            epoch_losses=losses,
+            seconds=time.perf_counter() - started,
+        )
+        model.train()
+
+
+def train_task(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, config: Config,
+               shuffle: torch.Generator, penalty: Penalty, step_observers: list[Estimator],
+               task: int) -> list[float]:
+    batch = config.training.batch_size
+    epoch_losses = []
+    step = 0
+    for _ in range(config.training.epochs):
+        order = torch.randperm(len(x), generator=shuffle).to(x.device)
+        total = 0.0
+        for start in range(0, len(x), batch):
+            idx = order[start:start + batch]
+            loss = train_step(model, optimizer, x[idx], y[idx], penalty, step_observers)
+            if not math.isfinite(loss):
+                raise Diverged(task, step, loss)
+            total += loss * len(idx)
+            step += 1
+        epoch_losses.append(total / len(x))
+    return epoch_losses
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, penalty: Penalty,
+               step_observers: list[Estimator]) -> float:
+    params = list(model.parameters())
+    optimizer.zero_grad(set_to_none=False)
+    task_loss = F.cross_entropy(model(x), y)
+    task_loss.backward()
+    task_grads = [p.grad.clone() for p in params] if step_observers else []
+    penalty_value = penalty.add_gradient(params)
+    before = [p.detach().clone() for p in params] if step_observers else []
+    optimizer.step()
+    for observer in step_observers:
+        observer.observe_step(task_grads, [p.grad for p in params], before, params)
+    return task_loss.item() + penalty_value
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 5000) -> float:
+    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
+    return correct / len(x)

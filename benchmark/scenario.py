@@ -1,0 +1,132 @@
+"""Permuted MNIST: the splits, the pixel permutations, and which images the importances are computed on.
+
+MNIST's 60k training images are split by index: images 0 .. train_images-1 are trained on; the last
+validation_images images (55000–59999 in the paper protocol) are the validation split, and the first
+importance_samples of those are the importance samples (the paper's author uses the last 5000 training
+images). The 10k test images give the reported accuracies. Pixels are scaled to [0, 1] (/255).
+
+Task 0 is MNIST itself; task t ≥ 1 shows every image with its pixels reordered by permutations[t]:
+permuted_image[k] = image[permutations[t][k]]. The permutations are drawn once from the run's seed (never per
+data-loader worker) and stored with the run, so that every driver with the same seed sees the same tasks.
+"""
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from benchmark.config import MNIST_TRAIN_IMAGES, DataConfig
+from benchmark.errors import UsageError
+
+PIXELS = 28 * 28
+
+
+@dataclass(frozen=True)
+class Split:
+    x: Tensor  # [N, 784] float32 in [0, 1], unpermuted
+    y: Tensor  # [N] int64
+    indices: np.ndarray  # positions in the MNIST set (train or test) the images came from
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    validation: Split
+    importance: Split  # the first importance_samples images of the validation split
+    test: Split
+
+
+@dataclass(frozen=True)
+class PermutedMNIST:
+    splits: Splits  # the same images for every seed; only the permutations depend on it
+    permutations: np.ndarray  # [tasks, 784] int64; row 0 is the identity
+
+    @property
+    def train(self) -> Split:
+        return self.splits.train
+
+    @property
+    def validation(self) -> Split:
+        return self.splits.validation
+
+    @property
+    def importance(self) -> Split:
+        return self.splits.importance
+
+    @property
+    def test(self) -> Split:
+        return self.splits.test
+
+    @property
+    def tasks(self) -> int:
+        return len(self.permutations)
+
+    def inputs(self, split: Split, task: int) -> Tensor:
+        return split.x[:, torch.from_numpy(self.permutations[task]).to(split.x.device)]
+
+
+def draw_permutations(tasks: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = [np.arange(PIXELS)] + [rng.permutation(PIXELS) for _ in range(tasks - 1)]
+    return np.stack(rows).astype(np.int64)
+
+
+def load_mnist(data_dir: str | Path, download: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(train images uint8 [60000, 28, 28], train labels, test images [10000, 28, 28], test labels).
+
+    Looks for torchvision's layout (data_dir/MNIST/raw/*-ubyte); downloads through torchvision if allowed.
+    Any failure becomes a one-line UsageError that says how to provide the files.
+    """
+    import torchvision  # imported here: it takes a second and only data loading needs it
+
+    def read(train: bool, allow_download: bool):
+        return torchvision.datasets.MNIST(str(data_dir), train=train, download=allow_download)
+
+    how = (f"put the four MNIST idx files in {Path(data_dir) / 'MNIST' / 'raw'}, or point --data-dir "
+           "(or BENCHMARK_DATA_DIR) at a folder that holds MNIST/raw/")
+    try:
+        try:
+            sets = read(True, False), read(False, False)
+        except RuntimeError:  # torchvision: "Dataset not found"
+            if not download:
+                raise UsageError(f"MNIST not found: {how}") from None
+            previous = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(30)
+            try:
+                sets = read(True, True), read(False, True)
+            finally:
+                socket.setdefaulttimeout(previous)
+    except UsageError:
+        raise
+    except Exception as e:  # torchvision reports offline downloads and corrupt files in many ways
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"MNIST could not be loaded or downloaded ({reason}): {how}") from None
+    (train, test) = sets
+    if train.data.shape != (MNIST_TRAIN_IMAGES, 28, 28) or test.data.shape != (10000, 28, 28) \
+            or len(train.targets) != MNIST_TRAIN_IMAGES or len(test.targets) != 10000:
+        raise UsageError(f"MNIST files under {data_dir} have unexpected sizes: {how}")
+    return train.data, train.targets, test.data, test.targets
+
+
+def make_splits(data: DataConfig, mnist, device: str | torch.device = "cpu") -> Splits:
+    train_images, train_labels, test_images, test_labels = mnist
+
+    def split(images, labels, indices: np.ndarray) -> Split:
+        idx = torch.from_numpy(indices)
+        x = images[idx].reshape(len(indices), PIXELS).to(device=device, dtype=torch.float32) / 255.0
+        return Split(x=x, y=labels[idx].to(device=device, dtype=torch.int64), indices=indices)
+
+    validation = np.arange(MNIST_TRAIN_IMAGES - data.validation_images, MNIST_TRAIN_IMAGES)
+    return Splits(
+        train=split(train_images, train_labels, np.arange(data.train_images)),
+        validation=split(train_images, train_labels, validation),
+        importance=split(train_images, train_labels, validation[: data.importance_samples]),
+        test=split(test_images, test_labels, np.arange(data.test_images)),
+    )
+
+
+def make_scenario(splits: Splits, tasks: int, seed: int) -> PermutedMNIST:
+    return PermutedMNIST(splits=splits, permutations=draw_permutations(tasks, seed))

@@ -1,0 +1,50 @@
+"""Synaptic Intelligence (Zenke, Poole & Ganguli 2017): the path integral of the loss along training.
+
+During a task, after every optimiser step with gradient g and actual parameter change Δθ_step:
+    ω −= g · Δθ_step
+At the end of the task, with Δ the total change of θ over the task:
+    Ω_task = ω / (Δ² + ξ)
+
+g is the gradient of the task loss without the penalty (Zenke's definition; gradient="total" uses the
+gradient of the penalised loss instead). Δθ_step is the change the optimiser actually made (Adam's, not
+−lr·g), measured from a copy of θ taken before the step. Zenke clip Ω at 0 for permuted MNIST; here that
+is the clip_at_zero option, off by default so the raw path integral is what gets correlated.
+"""
+
+import torch
+from torch import Tensor, nn
+
+from estimators.base import Estimator
+
+
+class SynapticIntelligence(Estimator):
+    name = "si"
+    observes_steps = True
+
+    def __init__(self, xi: float = 0.1, gradient: str = "task", clip_at_zero: bool = False):
+        if gradient not in ("task", "total"):
+            raise ValueError(f"SI gradient must be 'task' or 'total', not {gradient!r}")
+        self.xi = xi
+        self.gradient = gradient
+        self.clip_at_zero = clip_at_zero
+        self.start: dict[str, Tensor] = {}
+        self.omega: list[Tensor] = []
+
+    def begin_task(self, model: nn.Module) -> None:
+        # .clone(): a detached view of the live parameter would follow every update and make Δ zero.
+        self.start = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.omega = [torch.zeros_like(p) for p in self.start.values()]
+
+    def observe_step(self, task_grads: list[Tensor], total_grads: list[Tensor],
+                     before: list[Tensor], after: list[Tensor]) -> None:
+        grads = task_grads if self.gradient == "task" else total_grads
+        for omega, g, old, new in zip(self.omega, grads, before, after):
+            omega.sub_(g * (new.detach() - old))
+
+    def importance(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        result = {}
+        for (name, p), omega in zip(model.named_parameters(), self.omega):
+            total_change = p.detach() - self.start[name]
+            value = omega / (total_change.square() + self.xi)
+            result[name] = value.clamp(min=0) if self.clip_at_zero else value
+        return result
