@@ -1,0 +1,34 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA_DIR = os.environ.get("BENCHMARK_DATA_DIR", "data")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Real MNIST through torchvision: BENCHMARK_DATA_DIR (CI points it at ../shared/data), else ./data,
+    downloaded there by torchvision if missing."""
+    from benchmark.scenario import load_mnist
+
+    return load_mnist(DATA_DIR, download=True)
+
+
+@pytest.fixture(scope="session")
+def initialised_store(tmp_path_factory) -> Path:
+    """A real MLflow sqlite store, created once (≈ 6 s); tests copy the file (≈ 0.05 s)."""
+    from tracking import Store
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    Store(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def store_uri(initialised_store, tmp_path) -> str:
+    path = tmp_path / "mlruns" / "mlflow.db"
+    path.parent.mkdir()
+    shutil.copy(initialised_store, path)
+    return f"sqlite:///{path}"

@@ -1,0 +1,56 @@
+"""Slow, obviously-correct references: one sample at a time through autograd, or plain Python loops."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def per_sample_loop(model: nn.Module, x, y, scalar, transform) -> dict[str, torch.Tensor]:
+    """mean_n transform(∂ scalar(model(x_n), y_n) / ∂θ), one autograd call per sample (batch size 1)."""
+    params = dict(model.named_parameters())
+    sums = {k: torch.zeros_like(p) for k, p in params.items()}
+    for n in range(len(x)):
+        s = scalar(model(x[n:n + 1]), y[n:n + 1]).sum()
+        grads = torch.autograd.grad(s, list(params.values()))
+        for k, g in zip(params, grads):
+            sums[k] += transform(g)
+    return {k: v / len(x) for k, v in sums.items()}
+
+
+def fisher_loop(model, x, y):
+    return per_sample_loop(model, x, y, lambda out, t: F.log_softmax(out, 1)[0, t[0]], torch.square)
+
+
+def mas_loop(model, x, y):
+    return per_sample_loop(model, x, y, lambda out, t: F.softmax(out, 1).square().sum(), torch.abs)
+
+
+def signal_loop(model: nn.Sequential, x) -> dict[str, torch.Tensor]:
+    """SIG from its definition, sample by sample and weight by weight through the layers of a Sequential."""
+    linear = [(name, m) for name, m in model.named_children() if isinstance(m, nn.Linear)]
+    result = {}
+    with torch.no_grad():
+        in_sum = {name: torch.zeros(m.in_features, dtype=x.dtype) for name, m in linear}
+        act_sum = {name: torch.zeros(m.out_features, dtype=x.dtype) for name, m in linear}
+        for n in range(len(x)):
+            h = x[n]
+            children = list(model.named_children())
+            for i, (name, m) in enumerate(children):
+                if isinstance(m, nn.Linear):
+                    in_sum[name] += h.abs()
+                    h = m(h)
+                    is_last = all(not isinstance(c, nn.Linear) for _, c in children[i + 1:])
+                    if is_last:
+                        act_sum[name] += F.softmax(h, 0).abs()
+                else:
+                    h = m(h)
+                    prev = [nm for nm, c in children[:i] if isinstance(c, nn.Linear)][-1]
+                    act_sum[prev] += h.abs()
+        for name, m in linear:
+            w = torch.empty_like(m.weight)
+            for i in range(m.out_features):
+                for j in range(m.in_features):
+                    w[i, j] = m.weight[i, j].abs() * in_sum[name][j] / len(x)
+            result[f"{name}.weight"] = w
+            result[f"{name}.bias"] = act_sum[name] / len(x)
+    return result

@@ -1,0 +1,65 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from benchmark.correlations import COLUMNS, correlation_rows, layer_vectors, pairs
+
+
+def importances(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"fc1.weight": torch.rand(4, 3, generator=g), "fc1.bias": torch.rand(4, generator=g),
+            "fc2.weight": torch.rand(2, 4, generator=g), "fc2.bias": torch.rand(2, generator=g)}
+
+
+def table(rows):
+    return {(r[1], r[2], r[4], r[5], r[6]): r[7] for r in rows}
+
+
+def test_pairs_include_derived_only_when_sources_exist():
+    assert pairs(["fis", "mas", "si", "sig"]) == [
+        ("fis", "mas"), ("fis", "si"), ("fis", "sig"), ("mas", "si"), ("mas", "sig"), ("si", "sig"),
+        ("fis", "mas^2"), ("sqrt(fis)", "mas")]
+    assert pairs(["si", "sig"]) == [("si", "sig")]
+
+
+def test_layer_vectors_weight_bias_and_all():
+    imp = importances(0)
+    v = layer_vectors(imp)
+    assert set(v) == {(layer, p) for layer in ("fc1", "fc2") for p in ("weight", "bias", "all")}
+    np.testing.assert_array_equal(v[("fc1", "weight")], imp["fc1.weight"].double().numpy().ravel())
+    assert len(v[("fc1", "all")]) == 12 + 4
+
+
+def test_values_match_scipy():
+    imps = {"fis": importances(0), "mas": importances(1), "si": importances(2)}
+    rows = correlation_rows(3, "accumulated", imps)
+    assert all(len(r) == len(COLUMNS) and r[0] == 3 and r[3] == "accumulated" for r in rows)
+    t = table(rows)
+    a = layer_vectors(imps["fis"])[("fc1", "all")]
+    b = layer_vectors(imps["mas"])[("fc1", "all")]
+    assert t[("fc1", "all", "fis", "mas", "pearson")] == pytest.approx(stats.pearsonr(a, b)[0], abs=1e-12)
+    assert t[("fc1", "all", "fis", "mas", "spearman")] == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+    assert t[("fc1", "all", "fis", "mas^2", "pearson")] == pytest.approx(stats.pearsonr(a, b ** 2)[0], abs=1e-12)
+    assert t[("fc1", "all", "sqrt(fis)", "mas", "pearson")] == pytest.approx(
+        stats.pearsonr(np.sqrt(a), b)[0], abs=1e-12)
+    # monotone transforms leave Spearman unchanged
+    assert t[("fc1", "all", "fis", "mas^2", "spearman")] == pytest.approx(t[("fc1", "all", "fis", "mas", "spearman")])
+    # 3 estimators → 3 pairs + 2 derived; 2 layers × 3 params × 2 methods
+    assert len(rows) == 5 * 2 * 3 * 2
+
+
+def test_spearman_with_ties_matches_scipy():
+    imps = {"fis": {"fc1.weight": torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0, 0.0])},
+            "mas": {"fc1.weight": torch.tensor([0.5, 0.1, 0.1, 0.9, 0.2, 0.2])}}
+    t = table(correlation_rows(0, "increment", imps))
+    a, b = imps["fis"]["fc1.weight"].numpy(), imps["mas"]["fc1.weight"].numpy()
+    assert t[("fc1", "weight", "fis", "mas", "spearman")] == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+
+
+def test_constant_importance_gives_nan_not_an_error():
+    imps = {"fis": {"fc1.bias": torch.ones(5)}, "mas": {"fc1.bias": torch.rand(5)}}
+    t = table(correlation_rows(0, "increment", imps))
+    assert math.isnan(t[("fc1", "bias", "fis", "mas", "pearson")])

@@ -1,0 +1,180 @@
+"""`python -m benchmark run` end to end on real MNIST with a real MLflow sqlite store: the artifact contract."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from benchmark.cli import main
+from benchmark.config import load_config
+from benchmark.correlations import COLUMNS
+from benchmark.loop import accuracy, make_estimators
+from benchmark.model import make_mlp
+from benchmark.scenario import draw_permutations, make_scenario, make_splits
+from tests.conftest import DATA_DIR
+
+PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
+ESTIMATORS = ["fis", "mas", "si", "sig"]
+
+
+def run_cli(*args, uri, env_extra=None):
+    env = {**os.environ, "BENCHMARK_DATA_DIR": DATA_DIR, "MLFLOW_TRACKING_URI": uri, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "benchmark", "run", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_store(initialised_store, tmp_path_factory):
+    path = tmp_path_factory.mktemp("smoke") / "mlflow.db"
+    shutil.copy(initialised_store, path)
+    uri = f"sqlite:///{path}"
+    done = run_cli("--protocol", "smoke", "--drivers", "mas,none", "--seeds", "1", "--log-importances", "all",
+                   uri=uri)
+    assert done.returncode == 0, done.stderr
+    return uri
+
+
+def runs(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("pmnist-smoke")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def child(uri, driver):
+    client, all_runs = runs(uri)
+    (run,) = [r for r in all_runs if r.data.tags.get("driver") == driver]
+    return client, run, Path(client.download_artifacts(run.info.run_id, ""))
+
+
+def test_one_parent_with_a_child_per_driver_and_seed(smoke_store):
+    _, all_runs = runs(smoke_store)
+    parents = [r for r in all_runs if r.data.tags.get("kind") == "sweep"]
+    children = [r for r in all_runs if r.data.tags.get("kind") == "cell"]
+    assert len(parents) == 1 and len(children) == 2
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in all_runs)
+    tags = {r.data.tags["driver"]: r.data.tags for r in children}
+    assert (tags["mas"]["lambda"], tags["mas"]["lambda_source"], tags["mas"]["seed"]) == ("4.5", "default", "0")
+    assert tags["none"]["lambda"] == "0.0"
+
+
+def test_artifact_layout(smoke_store):
+    _, _, root = child(smoke_store, "mas")
+    files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    expected = {"config.json", "permutations.npy", "importance_samples.npy", "accuracy_matrix.csv",
+                "validation_accuracy_matrix.csv", "correlations.csv"}
+    expected |= {f"tasks/task_{t:02d}/{f}" for t in range(3) for f in ("state_dict.safetensors",
+                                                                         "importances.safetensors")}
+    assert files == expected
+
+    config = json.loads((root / "config.json").read_text())
+    assert (config["driver"], config["seed"], config["lambda"], config["protocol"]) == ("mas", 0, 4.5, "smoke")
+    assert config["model"]["leaky_relu_slope"] == 0.01 and config["training"]["optimizer"] == "adam"
+
+    np.testing.assert_array_equal(np.load(root / "permutations.npy", allow_pickle=False), draw_permutations(3, 0))
+    np.testing.assert_array_equal(np.load(root / "importance_samples.npy", allow_pickle=False),
+                                  np.arange(59500, 59700))
+
+
+def test_accuracy_matrix_and_metrics(smoke_store):
+    client, run, root = child(smoke_store, "mas")
+    R = pd.read_csv(root / "accuracy_matrix.csv")
+    assert list(R.columns) == ["after_task", "task_0", "task_1", "task_2"] and len(R) == 3
+    values = R.drop(columns="after_task").to_numpy()
+    assert ((values >= 0) & (values <= 1)).all()
+    assert run.data.metrics["ACC"] == pytest.approx(values[-1].mean())
+    assert run.data.metrics["BWT"] == pytest.approx(np.mean([values[2, j] - values[j, j] for j in range(2)]))
+    history = client.get_metric_history(run.info.run_id, "test_acc")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert history[1].value == pytest.approx(values[1, :2].mean())
+
+
+def test_correlations_table(smoke_store):
+    _, _, root = child(smoke_store, "mas")
+    c = pd.read_csv(root / "correlations.csv")
+    assert list(c.columns) == COLUMNS
+    # 3 tasks × 3 layers × {weight, bias, all} × {accumulated, increment} × (6 pairs + 2 derived) × 2 methods
+    assert len(c) == 3 * 3 * 3 * 2 * 8 * 2
+    assert set(c["layer"]) == {"fc1", "fc2", "fc3"} and set(c["kind"]) == {"accumulated", "increment"}
+    assert set(zip(c.estimator_a, c.estimator_b)) >= {("fis", "mas"), ("fis", "mas^2"), ("sqrt(fis)", "mas")}
+    assert c["value"].dropna().between(-1 - 1e-9, 1 + 1e-9).all()
+    # after task 0 nothing has been accumulated yet beyond the task itself
+    first = c[c.task == 0].pivot_table(index=["layer", "param", "estimator_a", "estimator_b", "method"],
+                                       columns="kind", values="value")
+    np.testing.assert_allclose(first["accumulated"], first["increment"])
+
+
+def test_state_dicts_reproduce_the_accuracies(smoke_store, mnist):
+    _, _, root = child(smoke_store, "mas")
+    config = load_config("smoke")
+    scenario = make_scenario(make_splits(config.data, mnist), config.data.tasks, seed=0)
+    R = pd.read_csv(root / "accuracy_matrix.csv").drop(columns="after_task").to_numpy()
+    for t in range(3):
+        model = make_mlp(config.model)
+        model.load_state_dict(load_file(root / f"tasks/task_{t:02d}/state_dict.safetensors"))
+        model.eval()
+        measured = [accuracy(model, scenario.inputs(scenario.test, j), scenario.test.y) for j in range(3)]
+        np.testing.assert_allclose(measured, R[t])
+
+
+def test_stored_importances_are_each_tasks_own(smoke_store, mnist):
+    _, _, root = child(smoke_store, "mas")
+    config = load_config("smoke")
+    scenario = make_scenario(make_splits(config.data, mnist), config.data.tasks, seed=0)
+    estimators = make_estimators(config)
+    for t in range(3):
+        stored = load_file(root / f"tasks/task_{t:02d}/importances.safetensors")
+        assert set(stored) == {f"{e}.{p}" for e in ESTIMATORS for p in PARAMS}
+        assert all(v.dtype == torch.float32 for v in stored.values())
+        model = make_mlp(config.model)
+        model.load_state_dict(load_file(root / f"tasks/task_{t:02d}/state_dict.safetensors"))
+        x, y = scenario.inputs(scenario.importance, t), scenario.importance.y
+        for name in ("fis", "mas", "sig"):  # recomputable from the stored parameters alone
+            recomputed = estimators[name].importance(model, x, y)
+            for p in PARAMS:
+                torch.testing.assert_close(stored[f"{name}.{p}"], recomputed[p].float(), rtol=1e-5, atol=1e-9)
+        assert all(stored[f"si.{p}"].abs().sum() > 0 for p in PARAMS)  # SI saw real parameter changes
+
+
+def test_default_stores_importances_of_the_last_task_only(store_uri):
+    done = run_cli("--protocol", "smoke", "--drivers", "sig", uri=store_uri)
+    assert done.returncode == 0, done.stderr
+    _, _, root = child(store_uri, "sig")
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("importances.safetensors")) == [
+        "tasks/task_02/importances.safetensors"]
+
+
+def test_same_seed_same_results(mnist):
+    from benchmark.loop import run_sequence
+
+    config = load_config("smoke")
+    scenario = make_scenario(make_splits(config.data, mnist), config.data.tasks, seed=7)
+    first, second = (list(run_sequence(config, "si", 0.25, 7, scenario)) for _ in range(2))
+    for a, b in zip(first, second):
+        assert a.test_accuracy == b.test_accuracy
+        for est in ESTIMATORS:
+            for p in PARAMS:
+                assert torch.equal(a.increments[est][p], b.increments[est][p])
+
+
+def test_diverging_cell_is_marked_failed_and_the_sweep_goes_on(store_uri, tmp_path):
+    config = tmp_path / "explode.toml"
+    config.write_text((Path(__file__).parents[1] / "benchmark/protocols/smoke.toml").read_text()
+                      .replace("lr = 0.001", "lr = 1e30"))
+    code = main(["run", "--config", str(config), "--drivers", "none,sig", "--tracking-uri", store_uri,
+                 "--data-dir", DATA_DIR])
+    assert code == 1
+    client = MlflowClient(store_uri)
+    experiment = client.get_experiment_by_name("pmnist-explode")
+    cells = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("kind") == "cell"]
+    assert len(cells) == 2
+    assert all(r.info.status == "FAILED" and "loss became" in r.data.tags["failure_reason"] for r in cells)

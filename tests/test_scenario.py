@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+
+from benchmark.config import load_config
+from benchmark.errors import UsageError
+from benchmark.scenario import draw_permutations, load_mnist, make_scenario, make_splits
+
+
+def test_permutations_drawn_from_seed():
+    p = draw_permutations(10, seed=3)
+    assert p.shape == (10, 784) and p.dtype == np.int64
+    np.testing.assert_array_equal(p[0], np.arange(784))
+    for row in p[1:]:
+        np.testing.assert_array_equal(np.sort(row), np.arange(784))
+        assert not np.array_equal(row, np.arange(784))
+    np.testing.assert_array_equal(p, draw_permutations(10, seed=3))
+    assert not np.array_equal(p[1], draw_permutations(10, seed=4)[1])
+    assert len({row.tobytes() for row in p}) == 10
+
+
+def test_real_mnist_splits(mnist):
+    train_images, train_labels, test_images, _ = mnist
+    splits = make_splits(load_config("paper").data, mnist)
+    assert splits.train.x.shape == (55000, 784) and splits.test.x.shape == (10000, 784)
+    np.testing.assert_array_equal(splits.train.indices, np.arange(55000))
+    np.testing.assert_array_equal(splits.validation.indices, np.arange(55000, 60000))
+    np.testing.assert_array_equal(splits.importance.indices, np.arange(55000, 60000))
+    assert float(splits.train.x.min()) == 0.0 and float(splits.train.x.max()) == 1.0
+    # pixels /255, in MNIST's own order, labels alongside
+    torch.testing.assert_close(splits.validation.x[7], train_images[55007].reshape(784).float() / 255)
+    assert int(splits.validation.y[7]) == int(train_labels[55007])
+
+
+def test_importance_samples_are_the_first_of_the_validation_split(mnist):
+    splits = make_splits(load_config("smoke").data, mnist)
+    np.testing.assert_array_equal(splits.importance.indices, np.arange(59500, 59700))
+
+
+def test_task_inputs_are_permuted_pixels(mnist):
+    scenario = make_scenario(make_splits(load_config("smoke").data, mnist), tasks=3, seed=0)
+    x0, x2 = scenario.inputs(scenario.test, 0), scenario.inputs(scenario.test, 2)
+    torch.testing.assert_close(x0, scenario.test.x)
+    k = 400
+    source = int(scenario.permutations[2][k])
+    torch.testing.assert_close(x2[:, k], scenario.test.x[:, source])
+
+
+def test_missing_mnist_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="MNIST not found: put the four MNIST idx files in"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_corrupt_mnist_is_a_usage_error(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"not an idx file")
+    with pytest.raises(UsageError, match="MNIST"):
+        load_mnist(tmp_path, download=False)
