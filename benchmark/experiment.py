@@ -110,8 +110,8 @@ def run_cell(store: Store, experiment: str, parent: Run, config: Config, driver:
                 **{f"test_acc_task_{j}": a for j, a in enumerate(result.test_accuracy)},
                 **{f"val_acc_task_{j}": a for j, a in enumerate(result.validation_accuracy)},
             }, step=t)
-            for loss in result.epoch_losses:
-                run.log_metrics({"train_loss": loss}, step=global_epoch)
+            for loss, penalty in zip(result.epoch_losses, result.epoch_penalties):
+                run.log_metrics({"train_loss": loss, "penalty": penalty}, step=global_epoch)
                 global_epoch += 1
             correlations += correlation_rows(t, "accumulated", result.accumulated)
             correlations += correlation_rows(t, "increment", result.increments)

@@ -34,12 +34,14 @@ class SynapticIntelligence(Estimator):
         # .clone(): a detached view of the live parameter would follow every update and make Δ zero.
         self.start = {name: p.detach().clone() for name, p in model.named_parameters()}
         self.omega = [torch.zeros_like(p) for p in self.start.values()]
+        self.step_change = [torch.empty_like(p) for p in self.start.values()]  # scratch, reused every step
 
     def observe_step(self, task_grads: list[Tensor], total_grads: list[Tensor],
                      before: list[Tensor], after: list[Tensor]) -> None:
         grads = task_grads if self.gradient == "task" else total_grads
-        for omega, g, old, new in zip(self.omega, grads, before, after):
-            omega.sub_(g * (new.detach() - old))
+        torch._foreach_copy_(self.step_change, [p.detach() for p in after])
+        torch._foreach_sub_(self.step_change, before)
+        torch._foreach_addcmul_(self.omega, grads, self.step_change, value=-1.0)
 
     def importance(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         result = {}
