@@ -71,8 +71,11 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
                 scenario = make_scenario(splits, config.data.tasks, seed)
                 statuses[(driver, seed)] = run_cell(store, experiment, parent, config, driver, seed,
                                                     lambdas.get(driver), scenario, log_importances, bar)
-    except BaseException:
+    except KeyboardInterrupt:
         parent.finish("KILLED")
+        raise
+    except BaseException:
+        parent.finish("FAILED")
         raise
     finally:
         bar.close()

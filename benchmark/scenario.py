@@ -116,7 +116,7 @@ def make_splits(data: DataConfig, mnist, device: str | torch.device = "cpu") -> 
 
     def split(images, labels, indices: np.ndarray) -> Split:
         idx = torch.from_numpy(indices)
-        x = images[idx].reshape(len(indices), PIXELS).to(device=device, dtype=torch.float32) / 255.0
+        x = images[idx].reshape(len(indices), PIXELS).to(device=device, dtype=torch.float32).div_(255.0)
         return Split(x=x, y=labels[idx].to(device=device, dtype=torch.int64), indices=indices)
 
     validation = np.arange(MNIST_TRAIN_IMAGES - data.validation_images, MNIST_TRAIN_IMAGES)

@@ -178,3 +178,28 @@ def test_diverging_cell_is_marked_failed_and_the_sweep_goes_on(store_uri, tmp_pa
     cells = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("kind") == "cell"]
     assert len(cells) == 2
     assert all(r.info.status == "FAILED" and "loss became" in r.data.tags["failure_reason"] for r in cells)
+
+
+def test_sigterm_marks_the_interrupted_run_killed(store_uri):
+    """A real process, a real signal: the running cell and the sweep end KILLED, not RUNNING forever."""
+    import signal
+    import time
+
+    env = {**os.environ, "BENCHMARK_DATA_DIR": DATA_DIR, "MLFLOW_TRACKING_URI": store_uri}
+    process = subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--protocol", "quick", "--drivers", "none"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    client = MlflowClient(store_uri)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the cell has started training
+        experiment = client.get_experiment_by_name("pmnist-quick")
+        cells = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("kind") == "cell"] \
+            if experiment else []
+        if cells:
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("benchmark: interrupted")
+    statuses = {r.data.tags["kind"]: r.info.status for r in client.search_runs([experiment.experiment_id])}
+    assert statuses == {"sweep": "KILLED", "cell": "KILLED"}
