@@ -18,14 +18,17 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, not {value}")
-    return value
+def int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, not {value}")
+        return value
+
+    return parse
 
 
 def parse_drivers(text: str) -> list[str]:
@@ -66,8 +69,8 @@ def make_parser() -> Parser:
     run.add_argument("--protocol", default="paper", help=f"shipped protocol: {', '.join(PROTOCOLS)} (default paper)")
     run.add_argument("--config", metavar="FILE", help="a protocol file of your own (copy one from benchmark/protocols)")
     run.add_argument("--drivers", default="all", help=f"comma list of {', '.join(DRIVERS)}, or all (default)")
-    run.add_argument("--seeds", type=positive_int, default=1, help="number of seeds (default 1)")
-    run.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed … first-seed+seeds-1")
+    run.add_argument("--seeds", type=int_at_least(1), default=1, help="number of seeds (default 1)")
+    run.add_argument("--first-seed", type=int_at_least(0), default=0, help="seeds are first-seed … first-seed+seeds-1")
     run.add_argument("--lambda", dest="lambdas", metavar="EST=VALUE,…", help="override λ, e.g. mas=4.5,fis=41")
     run.add_argument("--log-importances", choices=["final", "all", "none"], default="final",
                      help="which tasks' importances are stored as artifacts (default final)")

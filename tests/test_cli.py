@@ -24,6 +24,7 @@ def untouched_store(tmp_path):
     (["run", "--protocol", "huge"], "unknown protocol 'huge'"),
     (["run", "--seeds", "0"], "argument --seeds: must be ≥ 1, not 0"),
     (["run", "--seeds", "many"], "argument --seeds: 'many' is not an integer"),
+    (["run", "--first-seed", "-1"], "argument --first-seed: must be ≥ 0, not -1"),
     (["run", "--lambda", "mas=-1"], "--lambda: mas=-1 must be a finite number ≥ 0"),
     (["run", "--lambda", "mas=abc"], "--lambda: mas='abc' is not a number"),
     (["run", "--lambda", "ewc=1"], "--lambda: unknown estimator 'ewc'"),
