@@ -1,5 +1,5 @@
-"""python -m benchmark run …  — bad input ends in one line on stderr and exit status 2, before the store
-is touched."""
+"""python -m benchmark run | report …  — bad input ends in one line on stderr and exit status 2, before the
+store is touched."""
 
 import argparse
 import os
@@ -80,6 +80,19 @@ def make_parser() -> Parser:
     run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI "
                      "or sqlite:///mlruns/mlflow.db)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+
+    report = commands.add_parser("report", help="figures, tables and the paper's claims from a sweep's runs")
+    report.add_argument("--experiment", default="pmnist-paper",
+                        help="report on the latest sweep of this experiment (default pmnist-paper)")
+    report.add_argument("--sweep", action="append", metavar="RUN_ID",
+                        help="a sweep's parent run id instead (repeat to combine sweeps)")
+    report.add_argument("--runs", metavar="ID,…", help="cell run ids instead of a sweep")
+    report.add_argument("--out", default="report", help="output folder (default ./report)")
+    report.add_argument("--param", default="weight", choices=["weight", "bias", "all"],
+                        help="which entries of a layer the figures and claims correlate (default weight)")
+    report.add_argument("--kind", default="accumulated", choices=["accumulated", "increment"],
+                        help="accumulated importances (what the penalty sees, default) or each task's own")
+    report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (as for run)")
     return parser
 
 
@@ -127,6 +140,26 @@ def command_run(args) -> int:
     return 1 if failed else 0
 
 
+def command_report(args) -> int:
+    from pathlib import Path
+
+    from benchmark.report import build_report
+    from tracking import Store, StoreError, resolve_tracking_uri
+
+    try:
+        store = Store(resolve_tracking_uri(args.tracking_uri), must_exist=True)
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
+    index = build_report(store, Path(args.out), experiment=args.experiment, sweep_ids=args.sweep, run_ids=runs,
+                         param=args.param, kind=args.kind, command="python -m benchmark " + shlex.join(sys.argv[1:]))
+    print(f"report written to {index}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"run": command_run, "report": command_report}
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -135,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)  # a killed sweep marks its runs KILLED, like Ctrl-C
     try:
         args = make_parser().parse_args(argv)
-        return command_run(args)
+        return COMMANDS[args.command](args)
     except UsageError as e:
         print(f"benchmark: error: {e}", file=sys.stderr)
         return 2

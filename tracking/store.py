@@ -5,6 +5,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,29 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What a reader needs of a finished or running run, in plain Python types."""
+
+    id: str
+    name: str
+    experiment: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED
+    start_time: int  # ms since the epoch
+    tags: dict[str, str]
+    metrics: dict[str, float]  # the latest value of each metric
+
+
 class Store:
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, must_exist: bool = False):
+        """must_exist: for readers, a local sqlite store that is not there is an error, not a new store."""
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         db = _sqlite_path(uri)
+        if must_exist and db is not None and not db.is_file():
+            raise StoreError(f"no tracking store at {db}: run `python -m benchmark run` first, or pass "
+                             "--tracking-uri")
         # a local sqlite store keeps its artifacts beside the database (mlruns/artifacts by default)
         self.artifact_root = (db.resolve().parent / "artifacts").as_uri() if db else None
         try:
@@ -60,6 +78,44 @@ class Store:
             tags["mlflow.parentRunId"] = parent.id
         run = self.client.create_run(self.experiment_id(experiment), tags=tags, run_name=name)
         return Run(self.client, run.info.run_id)
+
+    def open_run(self, run_id: str) -> "Run":
+        """An existing run, to add artifacts to it (the report onto its sweep)."""
+        return Run(self.client, run_id)
+
+    def find_runs(self, experiment: str | None = None, run_ids: list[str] | None = None,
+                  **tags: str) -> list[RunRecord]:
+        """Runs of an experiment (or the given ids) whose tags equal the given values, newest first."""
+        if run_ids is not None:
+            records = []
+            for run_id in run_ids:
+                try:
+                    records.append(self._record(self.client.get_run(run_id)))
+                except Exception:
+                    raise StoreError(f"no run {run_id!r} in {self.uri}") from None
+            return [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())]
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([found.experiment_id], filter_string=query, max_results=50000,
+                                       order_by=["attributes.start_time DESC"])
+        return [self._record(run, experiment) for run in runs]
+
+    def experiments(self) -> list[str]:
+        return [e.name for e in self.client.search_experiments()]
+
+    def _record(self, run, experiment: str | None = None) -> RunRecord:
+        if experiment is None:
+            experiment = self.client.get_experiment(run.info.experiment_id).name
+        return RunRecord(id=run.info.run_id, name=run.info.run_name, experiment=experiment,
+                         status=run.info.status, start_time=run.info.start_time, tags=dict(run.data.tags),
+                         metrics=dict(run.data.metrics))
+
+    def download(self, run_id: str, path: str, destination: str | Path) -> Path:
+        """Copy a run's artifact file or folder to destination; return the local path."""
+        Path(destination).mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(destination)))
 
 
 class Run:
@@ -112,6 +168,9 @@ class Run:
             local = Path(tmp) / filename
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(local), metadata)
             self.client.log_artifact(self.id, str(local), artifact_path=directory or None)
+
+    def log_dir(self, local_dir: str | Path, path: str) -> None:
+        self.client.log_artifacts(self.id, str(local_dir), artifact_path=path)
 
     def finish(self, status: str = "FINISHED") -> None:
         """status: FINISHED, FAILED or KILLED."""

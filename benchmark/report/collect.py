@@ -1,0 +1,87 @@
+"""Read a sweep back from the store: its cells' configs, accuracy matrices and correlations, as tables."""
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.errors import UsageError
+from tracking import RunRecord, Store, StoreError
+
+
+@dataclass
+class Sweep:
+    experiment: str
+    parents: list[RunRecord]
+    cells: pd.DataFrame  # one row per finished cell: run_id, driver, seed, lambda, lambda_source, protocol
+    accuracy: dict[str, np.ndarray]  # run_id -> test accuracy matrix R [tasks, tasks]
+    correlations: pd.DataFrame  # correlations.csv of every cell, with run_id, driver, seed columns
+    missing: list[str] = field(default_factory=list)  # expected (driver, seed) cells without a finished run
+    not_finished: list[str] = field(default_factory=list)  # cells that ran but did not finish, with status
+
+    @property
+    def drivers(self) -> list[str]:
+        order = ["none", "fis", "mas", "si", "sig"]
+        present = set(self.cells["driver"])
+        return [d for d in order if d in present] + sorted(present - set(order))
+
+
+def load_sweep(store: Store, experiment: str | None, sweep_ids: list[str] | None,
+               run_ids: list[str] | None) -> Sweep:
+    """The latest sweep of `experiment`, or the given sweeps (parent runs), or the given cell runs."""
+    try:
+        if run_ids:
+            cells = store.find_runs(run_ids=run_ids, kind="cell")
+            if len(cells) != len(run_ids):
+                raise UsageError("--runs: every id must be a cell run (a child of a sweep)")
+            parent_ids = sorted({c.tags.get("mlflow.parentRunId", "") for c in cells} - {""})
+            parents = store.find_runs(run_ids=parent_ids) if parent_ids else []
+        else:
+            if sweep_ids:
+                parents = store.find_runs(run_ids=sweep_ids, kind="sweep")
+                if len(parents) != len(sweep_ids):
+                    raise UsageError("--sweep: every id must be a sweep (a parent run of `benchmark run`)")
+            else:
+                found = store.find_runs(experiment, kind="sweep")
+                if not found:
+                    known = ", ".join(store.experiments()) or "none"
+                    raise UsageError(f"no sweep in experiment {experiment!r} of {store.uri} (experiments: {known})")
+                parents = found[:1]
+            cells = [c for p in parents for c in store.find_runs(p.experiment, kind="cell",
+                                                                   **{"mlflow.parentRunId": p.id})]
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+
+    finished = [c for c in cells if c.status == "FINISHED"]
+    not_finished = [f"{c.tags.get('driver')}/seed {c.tags.get('seed')} ({c.status})" for c in cells
+                    if c.status != "FINISHED"]
+    if not finished:
+        raise UsageError("the chosen runs hold no finished cell to report on")
+
+    accuracy, correlations, rows = {}, [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for c in finished:
+            local = Path(tmp) / c.id
+            config = json.loads(store.download(c.id, "config.json", local).read_text())
+            R = pd.read_csv(store.download(c.id, "accuracy_matrix.csv", local)).drop(columns="after_task")
+            accuracy[c.id] = R.to_numpy()
+            table = pd.read_csv(store.download(c.id, "correlations.csv", local))
+            table.insert(0, "run_id", c.id)
+            table.insert(1, "driver", config["driver"])
+            table.insert(2, "seed", config["seed"])
+            correlations.append(table)
+            rows.append({"run_id": c.id, "driver": config["driver"], "seed": config["seed"],
+                         "lambda": config["lambda"], "lambda_source": config["lambda_source"],
+                         "protocol": config["protocol"], "config": config})
+
+    cells_table = pd.DataFrame(rows).sort_values(["driver", "seed"]).reset_index(drop=True)
+    present = set(zip(cells_table.driver, cells_table.seed))
+    expected = {(d, int(s)) for p in parents for d in p.tags.get("drivers", "").split(",") if d
+                for s in p.tags.get("seeds", "").split(",") if s}
+    missing = [f"{d}/seed {s}" for d, s in sorted(expected - present)]
+    return Sweep(experiment=finished[0].experiment, parents=parents, cells=cells_table, accuracy=accuracy,
+                 correlations=pd.concat(correlations, ignore_index=True), missing=missing,
+                 not_finished=not_finished)

@@ -1,0 +1,109 @@
+"""The report's figures, each saved as PNG and SVG; every function returns the file stem it wrote."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmark.report.stats import Estimate  # noqa: E402
+
+FORMATS = ("png", "svg")
+
+
+def _save(fig, out: Path, stem: str) -> str:
+    for fmt in FORMATS:
+        fig.savefig(out / f"{stem}.{fmt}", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return stem
+
+
+def _layer_order(layers) -> list[str]:
+    return sorted(set(layers), key=lambda name: (len(name), name))
+
+
+def accuracy_matrix(R: np.ndarray, driver: str, n: int, out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    image = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
+    for i in range(R.shape[0]):
+        for j in range(R.shape[1]):
+            ax.text(j, i, f"{R[i, j] * 100:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if R[i, j] < 0.6 else "black")
+    ax.set_xlabel("evaluated on task j")
+    ax.set_ylabel("after training task i")
+    ax.set_title(f"accuracy matrix R[i, j] (%), driver {driver}, mean of {n} seed{'s' if n != 1 else ''}")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return _save(fig, out, f"accuracy_matrix_{driver}")
+
+
+def accuracy_curves(curves: dict[str, list[Estimate]], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for driver, estimates in curves.items():
+        tasks = np.arange(len(estimates))
+        mean = np.array([e.mean for e in estimates]) * 100
+        ax.plot(tasks, mean, marker="o", markersize=3, label=f"{driver} (n={estimates[0].n})")
+        low = np.array([e.low for e in estimates]) * 100
+        high = np.array([e.high for e in estimates]) * 100
+        if not np.isnan(low).all():
+            ax.fill_between(tasks, low, high, alpha=0.2)
+    ax.set_xlabel("after training task")
+    ax.set_ylabel("mean test accuracy over tasks seen (%)")
+    ax.set_title("ACC after each task, mean over seeds with 95% t-interval")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "acc_curves")
+
+
+def _grid(summary: pd.DataFrame, a: str, b: str, method: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    rows = summary[(summary.estimator_a == a) & (summary.estimator_b == b) & (summary.method == method)]
+    layers = _layer_order(rows.layer)
+    tasks = sorted(set(rows.task))
+    grid = rows.pivot_table(index="layer", columns="task", values="mean").reindex(index=layers, columns=tasks)
+    half = rows.assign(h=(rows.ci_high - rows.ci_low) / 2).pivot_table(index="layer", columns="task", values="h")
+    return layers, grid.to_numpy(), half.reindex(index=layers, columns=tasks).to_numpy()
+
+
+def correlation_surfaces(summary: pd.DataFrame, pairs: list[tuple[str, str]], driver: str, title: str,
+                         out: Path) -> str:
+    """The paper's Fig. 1–7: Pearson correlation as a surface over (layer, task), one panel per pair."""
+    columns = 4
+    rows = int(np.ceil(len(pairs) / columns))
+    fig = plt.figure(figsize=(4.2 * columns, 3.6 * rows))
+    for k, (a, b) in enumerate(pairs):
+        layers, grid, _ = _grid(summary, a, b, "pearson")
+        ax = fig.add_subplot(rows, columns, k + 1, projection="3d")
+        X, Y = np.meshgrid(np.arange(grid.shape[1]), np.arange(len(layers)))
+        ax.plot_surface(X, Y, grid, cmap="coolwarm", vmin=-1, vmax=1, edgecolor="k", linewidth=0.2)
+        ax.set_zlim(-1, 1)
+        ax.set_xlabel("task", fontsize=8)
+        ax.set_yticks(range(len(layers)), layers, fontsize=7)
+        ax.set_title(f"{a} – {b}", fontsize=10)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, out, f"correlation_surfaces_{driver}")
+
+
+def correlation_heatmaps(summary: pd.DataFrame, pairs: list[tuple[str, str]], driver: str, title: str,
+                         out: Path) -> str:
+    """Pearson and Spearman side by side per pair, each cell the mean over seeds ± half the 95% interval."""
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 1.25 * len(pairs) + 1), squeeze=False)
+    for k, (a, b) in enumerate(pairs):
+        for m, method in enumerate(("pearson", "spearman")):
+            layers, grid, half = _grid(summary, a, b, method)
+            ax = axes[k, m]
+            ax.imshow(grid, vmin=-1, vmax=1, cmap="coolwarm", aspect="auto")
+            for i in range(grid.shape[0]):
+                for j in range(grid.shape[1]):
+                    text = f"{grid[i, j]:.2f}" + ("" if np.isnan(half[i, j]) else f"\n±{half[i, j]:.2f}")
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6)
+            ax.set_yticks(range(len(layers)), layers, fontsize=7)
+            ax.set_xticks(range(grid.shape[1]), range(grid.shape[1]), fontsize=7)
+            ax.set_title(f"{a} – {b}, {method}", fontsize=9)
+    axes[-1, 0].set_xlabel("task")
+    axes[-1, 1].set_xlabel("task")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out, f"correlation_heatmaps_{driver}")

@@ -1,0 +1,164 @@
+"""`python -m benchmark report` on real smoke runs in a real MLflow store: its numbers against the runs' own
+CSVs, its figures on disk, its verdicts against its numbers."""
+
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from benchmark.cli import main
+from benchmark.report.stats import check_claims, mean_ci
+from tests.conftest import DATA_DIR
+from tracking import Store
+
+
+@pytest.fixture(scope="module")
+def sweep_store(initialised_store, tmp_path_factory):
+    path = tmp_path_factory.mktemp("report") / "mlflow.db"
+    shutil.copy(initialised_store, path)
+    uri = f"sqlite:///{path}"
+    assert main(["run", "--protocol", "smoke", "--drivers", "none,mas", "--seeds", "2", "--tracking-uri", uri,
+                 "--data-dir", DATA_DIR]) == 0
+    return uri
+
+
+@pytest.fixture(scope="module")
+def report(sweep_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "report"
+    assert main(["report", "--experiment", "pmnist-smoke", "--out", str(out), "--tracking-uri", sweep_store]) == 0
+    return out
+
+
+def cell_runs(uri):
+    store = Store(uri)
+    return store, store.find_runs("pmnist-smoke", kind="cell")
+
+
+def run_csv(store, run, name, tmp_path):
+    return pd.read_csv(store.download(run.id, name, tmp_path / run.id))
+
+
+def test_forgetting_table_matches_the_runs_accuracy_matrices(sweep_store, report, tmp_path):
+    store, runs = cell_runs(sweep_store)
+    table = pd.read_csv(report / "forgetting.csv")
+    for driver in ("none", "mas"):
+        finals = []
+        for run in [r for r in runs if r.tags["driver"] == driver]:
+            R = run_csv(store, run, "accuracy_matrix.csv", tmp_path).drop(columns="after_task").to_numpy()
+            finals.append(R[-1].mean())
+        mean = np.mean(finals)
+        low, high = stats.t.interval(0.95, len(finals) - 1, loc=mean, scale=stats.sem(finals))
+        row = table[table.driver == driver].iloc[0]
+        assert row["n"] == 2
+        assert row["ACC"] == f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def test_every_referenced_file_exists(report):
+    index = (report / "index.html").read_text()
+    referenced = set(re.findall(r"(?:src|href)='([^']+)'", index))
+    assert {"acc_curves.png", "accuracy_matrix_mas.png", "correlation_surfaces_mas.png",
+            "correlation_heatmaps_none.svg", "correlations_summary.csv"} <= referenced
+    assert all((report / name).is_file() for name in referenced)
+    readme = (report / "README.md").read_text()
+    assert all((report / name).is_file() for name in re.findall(r"\]\(([^)]+)\)", readme))
+
+
+def test_correlation_summary_matches_the_runs(sweep_store, report, tmp_path):
+    store, runs = cell_runs(sweep_store)
+    summary = pd.read_csv(report / "correlations_summary.csv")
+    values = []
+    for run in [r for r in runs if r.tags["driver"] == "mas"]:
+        c = run_csv(store, run, "correlations.csv", tmp_path)
+        values.append(c[(c.task == 2) & (c.layer == "fc1") & (c.param == "weight") & (c.kind == "accumulated")
+                        & (c.estimator_a == "fis") & (c.estimator_b == "mas") & (c.method == "pearson")].value.item())
+    row = summary[(summary.driver == "mas") & (summary.task == 2) & (summary.layer == "fc1")
+                  & (summary.param == "weight") & (summary.kind == "accumulated") & (summary.estimator_a == "fis")
+                  & (summary.estimator_b == "mas") & (summary.method == "pearson")].iloc[0]
+    assert row["mean"] == pytest.approx(np.mean(values)) and row["n"] == 2
+
+
+def test_claim_verdicts_follow_from_the_numbers(sweep_store, report, tmp_path):
+    store, runs = cell_runs(sweep_store)
+    claims = pd.read_csv(report / "claims.csv")
+    frames = []
+    for run in [r for r in runs if r.tags["driver"] == "mas"]:
+        c = run_csv(store, run, "correlations.csv", tmp_path)
+        frames.append(c.assign(seed=int(run.tags["seed"])))
+    c = pd.concat(frames)
+    c = c[(c.kind == "accumulated") & (c.param == "weight") & (c.method == "pearson")]
+
+    def lowest_layer_minimum(a, b):
+        pair = c[(c.estimator_a == a) & (c.estimator_b == b)]
+        return pair.groupby(["layer", "task"]).value.mean().groupby("layer").min().min()
+
+    mas_claims = claims[claims.driver == "mas"].set_index("claim")
+    for claim, (a, b, threshold) in {"MAS–FIS > 0.8 on all layers and tasks": ("fis", "mas", 0.8),
+                                     "MAS–SI > 0.8": ("mas", "si", 0.8), "FIS–SI > 0.75": ("fis", "si", 0.75)}.items():
+        assert bool(mas_claims.loc[claim, "holds"]) == (lowest_layer_minimum(a, b) > threshold), claim
+        # two seeds: the verdict must say it is only indicative
+        assert "only 2 seeds: indicative" in mas_claims.loc[claim, "verdict"]
+
+
+def test_claim_logic_on_constructed_correlations():
+    """Verdicts on numbers made to hold or fail, independent of any training run."""
+    def table(values):  # values[(a, b)] = per-layer correlation, same for every task and seed
+        rows = [(seed, layer, task, a, b, "pearson", v[i]) for (a, b), v in values.items()
+                for i, layer in enumerate(["fc1", "fc2", "fc3"]) for task in range(3) for seed in range(3)]
+        return pd.DataFrame(rows, columns=["seed", "layer", "task", "estimator_a", "estimator_b", "method", "value"])
+
+    good = {("fis", "mas"): [0.9, 0.9, 0.9], ("fis", "mas^2"): [0.95, 0.95, 0.95], ("mas", "si"): [0.85] * 3,
+            ("fis", "si"): [0.8] * 3, ("fis", "sig"): [0.6, 0.2, -0.1], ("mas", "sig"): [0.6, 0.3, -0.2],
+            ("si", "sig"): [0.55, 0.1, -0.3]}
+    assert all(r.holds and r.verdict == "holds" for r in check_claims(table(good)))
+    bad = {**good, ("fis", "mas"): [0.9, 0.79, 0.9], ("si", "sig"): [0.55, 0.1, 0.05]}
+    verdicts = {r.claim: r.holds for r in check_claims(table(bad))}
+    assert not verdicts["MAS–FIS > 0.8 on all layers and tasks"]
+    assert not verdicts["SIG vs MAS/FIS/SI ≈ 0.6 on the first layer, falling to negative on the output layer"]
+    assert verdicts["MAS–SI > 0.8"]
+
+
+def test_mean_ci_is_the_t_interval():
+    values = [0.9, 0.92, 0.95, 0.91]
+    e = mean_ci(values)
+    low, high = stats.t.interval(0.95, 3, loc=np.mean(values), scale=stats.sem(values))
+    assert (e.low, e.high, e.n) == (pytest.approx(low), pytest.approx(high), 4)
+    assert np.isnan(mean_ci([0.9]).low)
+
+
+def test_report_is_logged_to_the_sweep(sweep_store, report):
+    client = MlflowClient(sweep_store)
+    (sweep,) = Store(sweep_store).find_runs("pmnist-smoke", kind="sweep")
+    files = {f.path for f in client.list_artifacts(sweep.id, "report")}
+    assert {"report/index.html", "report/README.md", "report/claims.csv"} <= files
+
+
+def test_partial_selection_lists_the_missing_cells(sweep_store, tmp_path):
+    _, runs = cell_runs(sweep_store)
+    keep = [r for r in runs if not (r.tags["driver"] == "mas" and r.tags["seed"] == "1")]
+    out = tmp_path / "partial"
+    assert main(["report", "--runs", ",".join(r.id for r in keep), "--out", str(out),
+                 "--tracking-uri", sweep_store]) == 0
+    assert "missing: mas/seed 1" in (out / "README.md").read_text()
+    assert pd.read_csv(out / "forgetting.csv").set_index("driver").loc["mas", "n"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--experiment", "pmnist-nothing"], "no sweep in experiment 'pmnist-nothing'"),
+    (["--sweep", "0123456789abcdef"], "no run '0123456789abcdef'"),
+])
+def test_report_bad_input(sweep_store, tmp_path, capsys, args, message):
+    assert main(["report", *args, "--out", str(tmp_path / "r"), "--tracking-uri", sweep_store]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_on_a_missing_store_creates_nothing(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}"
+    assert main(["report", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 2
+    assert "no tracking store at" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
