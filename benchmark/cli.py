@@ -65,21 +65,40 @@ def make_parser() -> Parser:
     parser = Parser(prog="python -m benchmark", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
     commands.required = True
-    run = commands.add_parser("run", help="train every (driver, seed) and record it in MLflow")
-    run.add_argument("--protocol", default="paper", help=f"shipped protocol: {', '.join(PROTOCOLS)} (default paper)")
-    run.add_argument("--config", metavar="FILE", help="a protocol file of your own (copy one from benchmark/protocols)")
+
+    # options every command that trains shares
+    training = Parser(add_help=False)
+    training.add_argument("--protocol", default="paper",
+                          help=f"shipped protocol: {', '.join(PROTOCOLS)} (default paper)")
+    training.add_argument("--config", metavar="FILE",
+                          help="a protocol file of your own (copy one from benchmark/protocols)")
+    training.add_argument("--data-dir", default=None,
+                          help=f"folder holding MNIST/raw (default ${DATA_DIR_ENV} or ./data)")
+    training.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    training.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                          help="default: cuda if available")
+    stores = Parser(add_help=False)
+    stores.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    stores.add_argument("--storage", default=None, help="Optuna storage: a URL (postgresql://…) or a journal file "
+                        "(default $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.journal)")
+
+    run = commands.add_parser("run", parents=[training, stores], help="train every (driver, seed), record it in MLflow")
     run.add_argument("--drivers", default="all", help=f"comma list of {', '.join(DRIVERS)}, or all (default)")
     run.add_argument("--seeds", type=int_at_least(1), default=1, help="number of seeds (default 1)")
     run.add_argument("--first-seed", type=int_at_least(0), default=0, help="seeds are first-seed … first-seed+seeds-1")
-    run.add_argument("--lambda", dest="lambdas", metavar="EST=VALUE,…", help="override λ, e.g. mas=4.5,fis=41")
+    run.add_argument("--lambda", dest="lambdas", metavar="EST=VALUE,…",
+                     help="override λ, e.g. mas=4.5,fis=41 (default: tuned if a study exists, else the protocol's)")
     run.add_argument("--log-importances", choices=["final", "all", "none"], default="final",
                      help="which tasks' importances are stored as artifacts (default final)")
-    run.add_argument("--data-dir", default=None,
-                     help=f"folder holding MNIST/raw (default ${DATA_DIR_ENV} or ./data)")
-    run.add_argument("--no-download", action="store_true", help="never try to download MNIST")
-    run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI "
-                     "or sqlite:///mlruns/mlflow.db)")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+
+    tune = commands.add_parser("tune", parents=[training, stores], help="find λ per driver with Optuna")
+    tune.add_argument("--driver", default=None, help=f"one of {', '.join(DRIVERS[1:])}, or all")
+    tune.add_argument("--trials", type=int_at_least(1), default=20, help="trials this process runs (default 20)")
+    tune.add_argument("--tuning-seeds", type=int_at_least(1), default=1,
+                      help="seeds per trial, from 10000 on: never the seeds run reports (default 1)")
+    tune.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler")
+    tune.add_argument("--show", action="store_true", help="print the best λ of every study in the storage")
 
     report = commands.add_parser("report", help="figures, tables and the paper's claims from a sweep's runs")
     report.add_argument("--experiment", default="pmnist-paper",
@@ -96,43 +115,68 @@ def make_parser() -> Parser:
     return parser
 
 
+def command_line() -> str:
+    return "python -m benchmark " + shlex.join(sys.argv[1:])
+
+
+def read_config(args) -> Config:
+    return load_config(protocol=None if args.config else args.protocol, path=args.config)
+
+
+def load_data(config: Config, args):
+    """MNIST split as the protocol says, on the chosen device."""
+    import torch
+
+    from benchmark.scenario import load_mnist, make_splits
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or "data"
+    return make_splits(config.data, load_mnist(data_dir, download=not args.no_download), device)
+
+
+def open_store(args, must_exist: bool = False):
+    from tracking import Store, StoreError, resolve_tracking_uri
+
+    try:
+        return Store(resolve_tracking_uri(args.tracking_uri), must_exist=must_exist)
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+
+
 def resolve_lambdas(config: Config, args) -> dict:
+    """λ per driver: the protocol's, replaced by a tuned one where a study has it, replaced by --lambda."""
     from benchmark.experiment import Lambda
+    from benchmark.tuning import open_storage, resolve_storage, study_name, tuned_lambda
 
     source = "config" if args.config else "default"
     lambdas = {name: Lambda(value, source) for name, value in config.penalty.lambda_.items()}
+    storage = open_storage(resolve_storage(args.storage), create=False)
+    for driver in DRIVERS[1:]:
+        tuned = tuned_lambda(storage, driver, config.protocol)
+        if tuned is not None:
+            lambdas[driver] = Lambda(tuned, "tuned", study_name(driver, config.protocol))
     if args.lambdas:
         lambdas.update({name: Lambda(value, "user") for name, value in parse_lambdas(args.lambdas).items()})
     return lambdas
 
 
 def command_run(args) -> int:
-    config = load_config(protocol=None if args.config else args.protocol, path=args.config)
+    from benchmark.experiment import run_sweep
+
+    config = read_config(args)
     drivers = parse_drivers(args.drivers)
+    if args.lambdas:
+        parse_lambdas(args.lambdas)  # bad λ is reported before anything slow happens
     lambdas = resolve_lambdas(config, args)
     missing = [d for d in drivers if d != "none" and d not in lambdas]
     if missing:
         raise UsageError(f"no λ for driver {missing[0]!r}: add it to [penalty] lambda or pass --lambda")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-
-    from benchmark.experiment import run_sweep
-    from benchmark.scenario import load_mnist, make_splits
-    from tracking import Store, StoreError, resolve_tracking_uri
-
-    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or "data"
-    splits = make_splits(config.data, load_mnist(data_dir, download=not args.no_download), device)
-    try:
-        store = Store(resolve_tracking_uri(args.tracking_uri))
-    except StoreError as e:
-        raise UsageError(str(e)) from None
-    command = "python -m benchmark " + shlex.join(sys.argv[1:])
-    statuses = run_sweep(store, config, drivers, seeds, lambdas, splits, args.log_importances, command)
+    splits = load_data(config, args)
+    store = open_store(args)
+    statuses = run_sweep(store, config, drivers, seeds, lambdas, splits, args.log_importances, command_line())
     failed = [f"{d}/seed {s}" for (d, s), status in statuses.items() if status != "FINISHED"]
     print(f"{len(statuses) - len(failed)} of {len(statuses)} runs finished in experiment "
           f"pmnist-{config.protocol} of {store.uri}" + (f"; failed: {', '.join(failed)}" if failed else ""),
@@ -140,24 +184,56 @@ def command_run(args) -> int:
     return 1 if failed else 0
 
 
+def command_tune(args) -> int:
+    from benchmark import tuning
+
+    storage_url = tuning.resolve_storage(args.storage)
+    if args.show:
+        storage = tuning.open_storage(storage_url, create=False)
+        rows = tuning.study_summaries(storage) if storage is not None else []
+        if not rows:
+            print(f"no study in {tuning.redact(storage_url)}")
+        for r in rows:
+            best = "no completed trial" if r["best_lambda"] is None else \
+                f"best λ {r['best_lambda']:.4g} (validation ACC {r['best_value']:.4f})"
+            print(f"{r['study']}: {best}; trials complete {r['complete']}, pruned {r['pruned']}, "
+                  f"failed {r['failed']}, running {r['running']}")
+        return 0
+    if args.driver is None:
+        raise UsageError("tune needs --driver (or --show)")
+    drivers = list(DRIVERS[1:]) if args.driver == "all" else [args.driver]
+    if drivers[0] not in DRIVERS[1:]:
+        raise UsageError(f"unknown driver {args.driver!r} to tune (choose from all, {', '.join(DRIVERS[1:])})")
+    config = read_config(args)
+    storage = tuning.open_storage(storage_url)
+    splits = load_data(config, args)
+    store = open_store(args)
+    seeds = list(range(tuning.TUNING_FIRST_SEED, tuning.TUNING_FIRST_SEED + args.tuning_seeds))
+    for driver in drivers:
+        study = tuning.tune(store, storage, storage_url, config, driver, args.trials, seeds, splits, command_line(),
+                            args.sampler_seed)
+        complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+        best = f"best λ {study.best_params['lambda']:.4g} (validation ACC {study.best_value:.4f})" if complete \
+            else "no completed trial yet"
+        print(f"{study.study_name}: {best} after {len(study.trials)} trials in {tuning.redact(storage_url)}",
+              file=sys.stderr)
+    return 0
+
+
 def command_report(args) -> int:
     from pathlib import Path
 
     from benchmark.report import build_report
-    from tracking import Store, StoreError, resolve_tracking_uri
 
-    try:
-        store = Store(resolve_tracking_uri(args.tracking_uri), must_exist=True)
-    except StoreError as e:
-        raise UsageError(str(e)) from None
+    store = open_store(args, must_exist=True)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
     index = build_report(store, Path(args.out), experiment=args.experiment, sweep_ids=args.sweep, run_ids=runs,
-                         param=args.param, kind=args.kind, command="python -m benchmark " + shlex.join(sys.argv[1:]))
+                         param=args.param, kind=args.kind, command=command_line())
     print(f"report written to {index}", file=sys.stderr)
     return 0
 
 
-COMMANDS = {"run": command_run, "report": command_report}
+COMMANDS = {"run": command_run, "tune": command_tune, "report": command_report}
 
 
 def _terminate(signum, frame):

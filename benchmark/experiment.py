@@ -24,7 +24,8 @@ from tracking import Run, Store
 @dataclass(frozen=True)
 class Lambda:
     value: float
-    source: str  # "default" (a shipped protocol), "config" (the user's --config file) or "user" (--lambda)
+    source: str  # "default" (a shipped protocol), "config" (your --config file), "tuned" or "user" (--lambda)
+    study: str = ""  # the Optuna study a tuned λ comes from
 
 
 def experiment_name(config: Config) -> str:
@@ -90,9 +91,10 @@ def run_cell(store: Store, experiment: str, parent: Run, config: Config, driver:
     run = store.start_run(experiment, f"{driver}-seed{seed}", parent=parent, tags={
         "kind": "cell", "driver": driver, "seed": seed, "protocol": config.protocol, "lambda": lam.value,
         "lambda_source": lam.source, "package_version": __version__,
+        **({"lambda_study": lam.study} if lam.study else {}),
     })
     resolved = {**config.to_dict(), "driver": driver, "seed": seed, "lambda": lam.value,
-                "lambda_source": lam.source, "device": str(scenario.train.x.device)}
+                "lambda_source": lam.source, "lambda_study": lam.study, "device": str(scenario.train.x.device)}
     tasks_done = 0
     try:
         run.log_params(flatten({k: v for k, v in resolved.items() if k != "penalty"}))

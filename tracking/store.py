@@ -114,6 +114,7 @@ class Store:
 
     def download(self, run_id: str, path: str, destination: str | Path) -> Path:
         """Copy a run's artifact file or folder to destination; return the local path."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise
         Path(destination).mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(destination)))
 

@@ -1,0 +1,177 @@
+"""λ per driver by Optuna: one study per (driver, protocol), objective on the validation split only.
+
+Search space: λ log-uniform over [1e-3, 1e5]. The paper author's optima span 0.1 (sig) to 41 (fis) with
+importances summed per sample and no ½; conventions elsewhere (a ½ in the penalty, means instead of sums, a
+squared minibatch gradient instead of a per-sample Fisher) move the optimum by orders of magnitude, so the
+range covers two decades below the smallest and more than three above the largest published optimum.
+
+Objective: mean validation accuracy over all tasks after the last task, averaged over the tuning seeds
+(10000, 10001, … by default: never the seeds `run` reports). The test split is never read. After each task the
+running mean validation accuracy over the tasks seen so far is reported, and a median pruner stops trials that
+fall below the median of earlier trials at the same task. A trial whose loss stops being finite is pruned, with
+the reason in its user attributes and on its MLflow run.
+
+Several processes, on one machine or many, share a study through its storage: the default is a journal file
+beside the MLflow store (mlruns/optuna.journal, safe for concurrent processes on one machine); any Optuna
+storage URL (e.g. postgresql://user@host/db) works for many machines.
+"""
+
+import os
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import optuna
+
+from benchmark.config import Config
+from benchmark.errors import UsageError
+from benchmark.loop import Diverged, run_sequence
+from benchmark.metrics import average_accuracy
+from benchmark.scenario import Splits, make_scenario
+from tracking import Store
+
+LAMBDA_RANGE = (1e-3, 1e5)
+TUNING_FIRST_SEED = 10_000
+STORAGE_ENV = "BENCHMARK_OPTUNA_STORAGE"
+DEFAULT_STORAGE = "mlruns/optuna.journal"
+
+
+def study_name(driver: str, protocol: str) -> str:
+    return f"lambda-{driver}-{protocol}"
+
+
+def resolve_storage(flag: str | None = None) -> str:
+    return flag or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password, for messages and tags."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def open_storage(url: str, create: bool = True):
+    """An Optuna storage from a URL (RDB) or a file path (journal); None if a journal file is absent and
+    create is False."""
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        if "://" in url:
+            return RDBStorage(url)
+        if not create and not os.path.exists(url):
+            return None
+        os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    except Exception as e:  # SQLAlchemy, the database driver and the file system fail in their own ways
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot open Optuna storage {redact(url)}: {redact(reason)}") from None
+
+
+def tuned_lambda(storage, driver: str, protocol: str) -> float | None:
+    """The best λ of the study for (driver, protocol), or None if there is no study or no finished trial."""
+    if storage is None:
+        return None
+    try:
+        study = optuna.load_study(study_name=study_name(driver, protocol), storage=storage)
+        return float(study.best_params["lambda"])
+    except (KeyError, ValueError):  # no such study; no completed trial
+        return None
+
+
+def study_summaries(storage) -> list[dict]:
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        states = [t.state.name for t in study.trials]
+        best = summary.best_trial
+        rows.append({"study": summary.study_name, "best_lambda": best.params["lambda"] if best else None,
+                     "best_value": best.value if best else None, "complete": states.count("COMPLETE"),
+                     "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
+                     "running": states.count("RUNNING")})
+    return rows
+
+
+def tune(store: Store, storage, storage_url: str, config: Config, driver: str, trials: int, seeds: list[int],
+         splits: Splits, command: str, sampler_seed: int | None = None):
+    """Run `trials` trials of the (driver, protocol) study in this process; return the study."""
+    name = study_name(driver, config.protocol)
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(n_startup_trials=5, seed=sampler_seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    )
+    experiment = f"pmnist-{config.protocol}-tuning"
+    versions = {"optuna_version": optuna.__version__}  # Optuna 5 changed TPE's defaults: same seed, other trials
+    parent = store.start_run(experiment, f"tune-{driver}", tags={
+        "kind": "tune", "driver": driver, "protocol": config.protocol, "study": name,
+        "storage": redact(storage_url), "trials_requested": trials, "seeds": ",".join(map(str, seeds)),
+        "command": command, **versions})
+    parent.log_json(config.to_dict(), "config.json")
+    scenarios = [make_scenario(splits, config.data.tasks, seed) for seed in seeds]
+
+    def objective(trial: optuna.Trial) -> float:
+        lam = trial.suggest_float("lambda", *LAMBDA_RANGE, log=True)
+        run = store.start_run(experiment, f"{driver}-trial{trial.number}", parent=parent, tags={
+            "kind": "trial", "driver": driver, "protocol": config.protocol, "study": name,
+            "trial": trial.number, "lambda": lam, **versions})
+        run.log_params({"lambda": lam, "trial": trial.number, "seeds": ",".join(map(str, seeds))})
+        try:
+            value = _evaluate(config, driver, lam, seeds, scenarios, trial, run)
+        except optuna.TrialPruned as pruned:
+            run.set_tags({"trial_state": "PRUNED", "prune_reason": str(pruned) or "median pruner"})
+            run.finish("FINISHED")
+            raise
+        except BaseException as e:
+            run.set_tags({"trial_state": "FAIL", "failure_reason": f"{type(e).__name__}: {e}"[:5000]})
+            run.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
+        run.log_metrics({"objective": value})
+        run.set_tags({"trial_state": "COMPLETE"})
+        run.finish("FINISHED")
+        return value
+
+    from tqdm import tqdm
+
+    status = "FAILED"
+    bar = tqdm(total=trials, desc=f"{name}", unit="trial", disable=None, dynamic_ncols=True)
+    try:
+        study.optimize(objective, n_trials=trials, callbacks=[lambda _study, _trial: bar.update(1)])
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        bar.close()
+        summary = {"n_complete": 0, "n_pruned": 0, "n_failed": 0}
+        for t in study.trials:
+            key = {"COMPLETE": "n_complete", "PRUNED": "n_pruned", "FAIL": "n_failed"}.get(t.state.name)
+            if key:
+                summary[key] += 1
+        best = {}
+        if summary["n_complete"]:
+            best = {"best_lambda": study.best_params["lambda"], "best_value": study.best_value,
+                    "best_trial": study.best_trial.number}
+        parent.set_tags({**summary, **best})
+        parent.finish(status)
+    return study
+
+
+def _evaluate(config: Config, driver: str, lam: float, seeds: list[int], scenarios, trial, run) -> float:
+    """Train every tuning seed in lockstep, task by task, reporting the running validation accuracy."""
+    sequences: Iterable = zip(*(run_sequence(config, driver, lam, seed, scenario)
+                                for seed, scenario in zip(seeds, scenarios)))
+    matrices: list[list[list[float]]] = [[] for _ in seeds]
+    try:
+        for task_results in sequences:
+            for rows, result in zip(matrices, task_results):
+                rows.append(result.validation_accuracy)
+            task = task_results[0].task
+            running = float(np.mean([average_accuracy(np.array(rows)) for rows in matrices]))
+            run.log_metrics({"val_acc": running}, step=task)
+            trial.report(running, step=task)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"median pruner at task {task} (val_acc {running:.4f})")
+    except Diverged as e:
+        trial.set_user_attr("failure_reason", str(e))
+        raise optuna.TrialPruned(f"diverged: {e}") from None
+    return float(np.mean([average_accuracy(np.array(rows)) for rows in matrices]))

@@ -1,0 +1,143 @@
+"""`python -m benchmark tune` with real Optuna storages (a journal file; PostgreSQL where one is running) and a
+real MLflow store: concurrent workers, pruning of diverged trials, tuned λ picked up by `run`."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from benchmark.cli import main
+from benchmark.tuning import open_storage, study_name
+from tests.conftest import DATA_DIR
+from tracking import Store
+
+POSTGRES_URL = os.environ.get("BENCHMARK_TEST_POSTGRES_URL")  # .ci/run starts a server and sets it
+
+
+def tune_process(storage: str, uri: str, trials: int, sampler_seed: int) -> subprocess.Popen:
+    env = {**os.environ, "BENCHMARK_DATA_DIR": DATA_DIR}
+    return subprocess.Popen([sys.executable, "-m", "benchmark", "tune", "--driver", "mas", "--protocol", "smoke",
+                             "--trials", str(trials), "--storage", storage, "--tracking-uri", uri,
+                             "--sampler-seed", str(sampler_seed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def two_workers_record_every_trial_once(storage: str, tmp_path: Path, initialised_store: Path) -> None:
+    # one MLflow store per worker, as on two machines; the Optuna storage is the one thing they share
+    uris = []
+    for k in range(2):
+        (tmp_path / f"w{k}").mkdir()
+        shutil.copy(initialised_store, tmp_path / f"w{k}" / "mlflow.db")
+        uris.append(f"sqlite:///{tmp_path / f'w{k}' / 'mlflow.db'}")
+    workers = [tune_process(storage, uri, trials=2, sampler_seed=k) for k, uri in enumerate(uris)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+
+    study = optuna.load_study(study_name=study_name("mas", "smoke"), storage=open_storage(storage))
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    logged = []
+    for uri in uris:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("pmnist-smoke-tuning")
+        for run in client.search_runs([experiment.experiment_id], "tags.kind = 'trial'"):
+            logged.append(int(run.data.tags["trial"]))
+            trial = study.trials[int(run.data.tags["trial"])]
+            assert float(run.data.params["lambda"]) == pytest.approx(trial.params["lambda"])
+            assert run.data.tags["trial_state"] == trial.state.name
+            assert run.data.tags["optuna_version"] == optuna.__version__
+    assert sorted(logged) == [0, 1, 2, 3]
+
+
+def test_two_workers_share_a_journal_file_study(tmp_path, initialised_store):
+    two_workers_record_every_trial_once(str(tmp_path / "optuna.journal"), tmp_path, initialised_store)
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="needs BENCHMARK_TEST_POSTGRES_URL (set by .ci/run)")
+def test_two_workers_share_a_postgresql_study(tmp_path, initialised_store):
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(POSTGRES_URL)
+    with engine.begin() as connection:  # a clean database: drop what an earlier run left
+        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    two_workers_record_every_trial_once(POSTGRES_URL, tmp_path, initialised_store)
+
+
+def test_tuning_records_curves_and_best_lambda_and_run_uses_it(tmp_path, store_uri):
+    storage = str(tmp_path / "optuna.journal")
+    assert main(["tune", "--driver", "sig", "--protocol", "smoke", "--trials", "2", "--storage", storage,
+                 "--tracking-uri", store_uri, "--data-dir", DATA_DIR, "--sampler-seed", "0"]) == 0
+    study = optuna.load_study(study_name="lambda-sig-smoke", storage=open_storage(storage))
+    best = study.best_params["lambda"]
+    assert all(sorted(t.intermediate_values) == [0, 1, 2] for t in study.trials)  # one report per task
+    assert 1e-3 <= best <= 1e5
+
+    store = Store(store_uri)
+    (parent,) = store.find_runs("pmnist-smoke-tuning", kind="tune")
+    assert float(parent.tags["best_lambda"]) == pytest.approx(best)
+    assert parent.tags["n_complete"] == "2" and parent.tags["optuna_version"] == optuna.__version__
+    trial_runs = store.find_runs("pmnist-smoke-tuning", kind="trial")
+    history = MlflowClient(store_uri).get_metric_history(trial_runs[0].id, "val_acc")
+    assert [m.step for m in history] == [0, 1, 2]
+
+    # run picks the tuned λ; --lambda still wins
+    assert main(["run", "--protocol", "smoke", "--drivers", "sig,mas", "--storage", storage,
+                 "--tracking-uri", store_uri, "--data-dir", DATA_DIR, "--lambda", "mas=3"]) == 0
+    cells = {r.tags["driver"]: r.tags for r in store.find_runs("pmnist-smoke", kind="cell")}
+    assert cells["sig"]["lambda_source"] == "tuned" and cells["sig"]["lambda_study"] == "lambda-sig-smoke"
+    assert float(cells["sig"]["lambda"]) == pytest.approx(best)
+    assert (cells["mas"]["lambda_source"], cells["mas"]["lambda"]) == ("user", "3.0")
+
+
+def test_diverging_trials_are_pruned_with_the_reason(tmp_path, store_uri):
+    config = tmp_path / "explode.toml"
+    config.write_text((Path(__file__).parents[1] / "benchmark/protocols/smoke.toml").read_text()
+                      .replace("lr = 0.001", "lr = 1e30"))
+    storage = str(tmp_path / "optuna.journal")
+    assert main(["tune", "--driver", "mas", "--config", str(config), "--trials", "2", "--storage", storage,
+                 "--tracking-uri", store_uri, "--data-dir", DATA_DIR]) == 0
+    study = optuna.load_study(study_name="lambda-mas-explode", storage=open_storage(storage))
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    assert all("loss became" in t.user_attrs["failure_reason"] for t in study.trials)
+    trials = Store(store_uri).find_runs("pmnist-explode-tuning", kind="trial")
+    assert all(r.tags["trial_state"] == "PRUNED" and "diverged" in r.tags["prune_reason"] for r in trials)
+
+
+def test_show_lists_best_lambda(tmp_path, store_uri, capsys):
+    storage = str(tmp_path / "optuna.journal")
+    assert main(["tune", "--show", "--storage", storage]) == 0
+    assert "no study" in capsys.readouterr().out
+    assert not Path(storage).exists()  # looking does not create a storage
+    assert main(["tune", "--driver", "fis", "--protocol", "smoke", "--trials", "1", "--storage", storage,
+                 "--tracking-uri", store_uri, "--data-dir", DATA_DIR]) == 0
+    capsys.readouterr()
+    assert main(["tune", "--show", "--storage", storage]) == 0
+    assert "lambda-fis-smoke: best λ" in capsys.readouterr().out
+
+
+@pytest.fixture
+def untouched_store(tmp_path):
+    db = tmp_path / "store" / "mlflow.db"
+    yield f"sqlite:///{db}"
+    assert not db.parent.exists(), "a rejected command wrote to the store"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--driver", "mas", "--trials", "0"], "argument --trials: must be ≥ 1, not 0"),
+    (["--driver", "ewc"], "unknown driver 'ewc' to tune"),
+    (["--driver", "none"], "unknown driver 'none' to tune"),
+    ([], "tune needs --driver"),
+    (["--driver", "mas", "--storage", "postgresql://user:secret@127.0.0.1:1/nothing"],
+     "cannot open Optuna storage postgresql://user:***@127.0.0.1:1/nothing"),
+])
+def test_tune_bad_input(args, message, untouched_store, capsys):
+    assert main(["tune", *args, "--tracking-uri", untouched_store, "--data-dir", DATA_DIR]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "secret" not in err, err
