@@ -18,6 +18,7 @@ storage URL (e.g. postgresql://user@host/db) works for many machines.
 
 import os
 import re
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -54,14 +55,23 @@ def open_storage(url: str, create: bool = True):
     create is False."""
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     try:
-        if "://" in url:
-            return RDBStorage(url)
-        if not create and not os.path.exists(url):
-            return None
-        os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
+        if "://" not in url:
+            if not create and not os.path.exists(url):
+                return None
+            os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+            return JournalStorage(JournalFileBackend(url))
+        for attempt in range(5):
+            try:
+                return RDBStorage(url)
+            except (IntegrityError, ProgrammingError):
+                # workers started together on an empty database race to create Optuna's tables; the loser
+                # finds them made a moment later
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
     except Exception as e:  # SQLAlchemy, the database driver and the file system fail in their own ways
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"cannot open Optuna storage {redact(url)}: {redact(reason)}") from None

@@ -32,3 +32,11 @@ def store_uri(initialised_store, tmp_path) -> str:
     path.parent.mkdir()
     shutil.copy(initialised_store, path)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def untouched_store(tmp_path):
+    """A store URI whose database does not exist yet: after a rejected command it still must not."""
+    db = tmp_path / "store" / "mlflow.db"
+    yield f"sqlite:///{db}"
+    assert not db.parent.exists(), "a rejected command wrote to the store"

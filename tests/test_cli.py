@@ -10,14 +10,6 @@ from benchmark.cli import main
 from tests.conftest import DATA_DIR
 
 
-@pytest.fixture
-def untouched_store(tmp_path):
-    """A store URI whose database does not exist yet: after a rejected command it still must not."""
-    db = tmp_path / "store" / "mlflow.db"
-    yield f"sqlite:///{db}"
-    assert not db.parent.exists(), "a rejected command wrote to the store"
-
-
 @pytest.mark.parametrize("args, message", [
     (["run", "--drivers", "ewc"], "unknown driver 'ewc'"),
     (["run", "--drivers", "mas,foo"], "unknown driver 'foo'"),

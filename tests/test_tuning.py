@@ -122,13 +122,6 @@ def test_show_lists_best_lambda(tmp_path, store_uri, capsys):
     assert "lambda-fis-smoke: best λ" in capsys.readouterr().out
 
 
-@pytest.fixture
-def untouched_store(tmp_path):
-    db = tmp_path / "store" / "mlflow.db"
-    yield f"sqlite:///{db}"
-    assert not db.parent.exists(), "a rejected command wrote to the store"
-
-
 @pytest.mark.parametrize("args, message", [
     (["--driver", "mas", "--trials", "0"], "argument --trials: must be ≥ 1, not 0"),
     (["--driver", "ewc"], "unknown driver 'ewc' to tune"),
