@@ -8,8 +8,8 @@ range covers two decades below the smallest and more than three above the larges
 Objective: mean validation accuracy over all tasks after the last task, averaged over the tuning seeds
 (10000, 10001, … by default: never the seeds `run` reports). The test split is never read. After each task the
 running mean validation accuracy over the tasks seen so far is reported, and a median pruner stops trials that
-fall below the median of earlier trials at the same task, from the middle task on. A trial whose loss stops being finite is pruned, with
-the reason in its user attributes and on its MLflow run.
+fall below the median of earlier trials at the same task, from the middle task on. A trial whose loss stops
+being finite is pruned, with the reason in its user attributes and on its MLflow run.
 
 Several processes, on one machine or many, share a study through its storage: the default is a journal file
 beside the MLflow store (mlruns/optuna.journal, safe for concurrent processes on one machine); any Optuna
