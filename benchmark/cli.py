@@ -176,10 +176,12 @@ def command_run(args) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     splits = load_data(config, args)
     store = open_store(args)
-    statuses = run_sweep(store, config, drivers, seeds, lambdas, splits, args.log_importances, command_line())
+    statuses, reused = run_sweep(store, config, drivers, seeds, lambdas, splits, args.log_importances,
+                                 command_line())
     failed = [f"{d}/seed {s}" for (d, s), status in statuses.items() if status != "FINISHED"]
     print(f"{len(statuses) - len(failed)} of {len(statuses)} runs finished in experiment "
-          f"pmnist-{config.protocol} of {store.uri}" + (f"; failed: {', '.join(failed)}" if failed else ""),
+          f"pmnist-{config.protocol} of {store.uri}" + (f"; failed: {', '.join(failed)}" if failed else "")
+          + (f"; resumed: {len(reused)} were already finished with the same configuration" if reused else ""),
           file=sys.stderr)
     return 1 if failed else 0
 

@@ -2,8 +2,11 @@
 in the layout other tools read (see README, "Artifacts").
 """
 
+import hashlib
+import json
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,27 +54,54 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def cell_config(config: Config, driver: str, seed: int, lam: Lambda, device: str, log_importances: str) -> dict:
+    """Everything that determines a cell's results and artifacts: config.json, and the key resume matches on."""
+    return {**config.to_dict(), "driver": driver, "seed": seed, "lambda": lam.value, "lambda_source": lam.source,
+            "lambda_study": lam.study, "device": device, "log_importances": log_importances}
+
+
+def config_hash(resolved: dict) -> str:
+    # where λ came from does not change a result; its value does
+    same = {k: v for k, v in resolved.items() if k not in ("lambda_source", "lambda_study")}
+    return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int], lambdas: dict[str, Lambda],
-              splits: Splits, log_importances: str, command: str) -> dict[tuple[str, int], str]:
-    """Run every (driver, seed) cell; return each cell's final status."""
+              splits: Splits, log_importances: str, command: str) -> tuple[dict[tuple[str, int], str], list[str]]:
+    """Run every (driver, seed) cell not already finished in the store with the same configuration.
+
+    Returns each cell's status and the ids of the finished runs that were reused instead of run again."""
     experiment = experiment_name(config)
+    device = str(splits.train.x.device)
+    cells = {}
+    for driver in drivers:
+        for seed in seeds:
+            lam = lambdas[driver] if driver != "none" else Lambda(0.0, "none")
+            cells[(driver, seed)] = cell_config(config, driver, seed, lam, device, log_importances)
+    done = {(d, s): store.find_runs(experiment, kind="cell", config_hash=config_hash(c), status="FINISHED")
+            for (d, s), c in cells.items()}
+    reused = {cell: runs[0].id for cell, runs in done.items() if runs}
+    if reused:
+        print(f"resuming: {len(reused)} of {len(cells)} cells already finished with the same configuration",
+              file=sys.stderr)
+
     parent = store.start_run(experiment, f"{config.protocol}-sweep", tags={
         "kind": "sweep", "protocol": config.protocol, "drivers": ",".join(drivers),
         "seeds": ",".join(map(str, seeds)), "command": command, "package_version": __version__,
         "git_commit": git_commit(), "machine": f"{platform.node()} {platform.machine()}",
-        "torch_version": torch.__version__,
+        "torch_version": torch.__version__, "reused_cells": ",".join(reused.values()),
     })
     parent.log_json(config.to_dict(), "config.json")
-    statuses: dict[tuple[str, int], str] = {}
-    bar = tqdm(total=len(drivers) * len(seeds) * config.data.tasks, unit="task", disable=None,
-               dynamic_ncols=True)
+    statuses = {cell: "FINISHED" for cell in reused}
+    bar = tqdm(total=len(cells) * config.data.tasks, initial=len(reused) * config.data.tasks, unit="task",
+               disable=None, dynamic_ncols=True)
     try:
-        for driver in drivers:
-            for seed in seeds:
-                bar.set_description(f"{driver} seed {seed}")
-                scenario = make_scenario(splits, config.data.tasks, seed)
-                statuses[(driver, seed)] = run_cell(store, experiment, parent, config, driver, seed,
-                                                    lambdas.get(driver), scenario, log_importances, bar)
+        for (driver, seed), resolved in cells.items():
+            if (driver, seed) in reused:
+                continue
+            bar.set_description(f"{driver} seed {seed}")
+            scenario = make_scenario(splits, config.data.tasks, seed)
+            statuses[(driver, seed)] = run_cell(store, experiment, parent, config, resolved, scenario, bar)
     except KeyboardInterrupt:
         parent.finish("KILLED")
         raise
@@ -82,19 +112,18 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
         bar.close()
     parent.set_tags({"failed_cells": sum(s != "FINISHED" for s in statuses.values())})
     parent.finish("FINISHED")
-    return statuses
+    return statuses, list(reused.values())
 
 
-def run_cell(store: Store, experiment: str, parent: Run, config: Config, driver: str, seed: int,
-             lam: Lambda | None, scenario: PermutedMNIST, log_importances: str, bar: tqdm) -> str:
-    lam = lam if driver != "none" else Lambda(0.0, "none")
+def run_cell(store: Store, experiment: str, parent: Run, config: Config, resolved: dict, scenario: PermutedMNIST,
+             bar: tqdm) -> str:
+    driver, seed, log_importances = resolved["driver"], resolved["seed"], resolved["log_importances"]
     run = store.start_run(experiment, f"{driver}-seed{seed}", parent=parent, tags={
-        "kind": "cell", "driver": driver, "seed": seed, "protocol": config.protocol, "lambda": lam.value,
-        "lambda_source": lam.source, "package_version": __version__,
-        **({"lambda_study": lam.study} if lam.study else {}),
+        "kind": "cell", "driver": driver, "seed": seed, "protocol": config.protocol, "lambda": resolved["lambda"],
+        "lambda_source": resolved["lambda_source"], "package_version": __version__,
+        "config_hash": config_hash(resolved),
+        **({"lambda_study": resolved["lambda_study"]} if resolved["lambda_study"] else {}),
     })
-    resolved = {**config.to_dict(), "driver": driver, "seed": seed, "lambda": lam.value,
-                "lambda_source": lam.source, "lambda_study": lam.study, "device": str(scenario.train.x.device)}
     tasks_done = 0
     try:
         run.log_params(flatten({k: v for k, v in resolved.items() if k != "penalty"}))
@@ -104,7 +133,7 @@ def run_cell(store: Store, experiment: str, parent: Run, config: Config, driver:
         test_rows, validation_rows, correlations = [], [], []
         last = scenario.tasks - 1
         global_epoch = 0
-        for result in run_sequence(config, driver, lam.value, seed, scenario):
+        for result in run_sequence(config, driver, resolved["lambda"], seed, scenario):
             t = result.task
             test_rows.append(result.test_accuracy)
             validation_rows.append(result.validation_accuracy)

@@ -1,5 +1,6 @@
 """MLflow behind two small classes: Store (experiments, runs) and Run (what one run records)."""
 
+import contextlib
 import io
 import json
 import os
@@ -42,6 +43,23 @@ class RunRecord:
     metrics: dict[str, float]  # the latest value of each metric
 
 
+@contextlib.contextmanager
+def _patient_only_later():
+    """No retries for the first request: a server that is not there should be an error in seconds, not after
+    MLflow's minutes of backoff; later requests keep MLflow's retries for a server that hiccups."""
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class Store:
     def __init__(self, uri: str, must_exist: bool = False):
         """must_exist: for readers, a local sqlite store that is not there is an error, not a new store."""
@@ -60,7 +78,8 @@ class Store:
                 if not os.access(db.parent, os.W_OK):
                     raise PermissionError(f"{db.parent} is not writable")
             self.client = MlflowClient(tracking_uri=uri)
-            self.client.search_experiments(max_results=1)  # opens (and on first use creates) the store
+            with _patient_only_later():
+                self.client.search_experiments(max_results=1)  # opens (and on first use creates) the store
         except Exception as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise StoreError(f"cannot open tracking store {uri}: {reason}") from None
@@ -83,9 +102,10 @@ class Store:
         """An existing run, to add artifacts to it (the report onto its sweep)."""
         return Run(self.client, run_id)
 
-    def find_runs(self, experiment: str | None = None, run_ids: list[str] | None = None,
+    def find_runs(self, experiment: str | None = None, run_ids: list[str] | None = None, status: str | None = None,
                   **tags: str) -> list[RunRecord]:
-        """Runs of an experiment (or the given ids) whose tags equal the given values, newest first."""
+        """Runs of an experiment (or the given ids) whose tags equal the given values (and with the given status:
+        RUNNING, FINISHED, FAILED, KILLED), newest first."""
         if run_ids is not None:
             records = []
             for run_id in run_ids:
@@ -93,11 +113,14 @@ class Store:
                     records.append(self._record(self.client.get_run(run_id)))
                 except Exception:
                     raise StoreError(f"no run {run_id!r} in {self.uri}") from None
-            return [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())]
+            return [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())
+                    and status in (None, r.status)]
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             return []
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        conditions = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        conditions += [f"attributes.status = '{status}'"] if status else []
+        query = " and ".join(conditions)
         runs = self.client.search_runs([found.experiment_id], filter_string=query, max_results=50000,
                                        order_by=["attributes.start_time DESC"])
         return [self._record(run, experiment) for run in runs]

@@ -50,8 +50,11 @@ def load_sweep(store: Store, experiment: str | None, sweep_ids: list[str] | None
                     known = ", ".join(store.experiments()) or "none"
                     raise UsageError(f"no sweep in experiment {experiment!r} of {store.uri} (experiments: {known})")
                 parents = found[:1]
+            # a resumed sweep reuses finished cells of earlier sweeps: they count as its own
+            reused = [i for p in parents for i in p.tags.get("reused_cells", "").split(",") if i]
             cells = [c for p in parents for c in store.find_runs(p.experiment, kind="cell",
                                                                    **{"mlflow.parentRunId": p.id})]
+            cells += store.find_runs(run_ids=reused) if reused else []
     except StoreError as e:
         raise UsageError(str(e)) from None
 

@@ -1,0 +1,104 @@
+"""Failures as they happen: real processes, real signals, real stores."""
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from benchmark.cli import main
+from tests.conftest import DATA_DIR
+from tracking import Store
+
+SMOKE = ["run", "--protocol", "smoke", "--seeds", "1"]
+
+
+def start(args, uri):
+    env = {**os.environ, "BENCHMARK_DATA_DIR": DATA_DIR, "MLFLOW_TRACKING_URI": uri}
+    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def cells(uri):
+    return Store(uri).find_runs("pmnist-smoke", kind="cell")
+
+
+def test_interrupted_sweep_resumes_only_the_missing_cells(store_uri):
+    args = [*SMOKE, "--drivers", "none,fis,mas,si,sig"]
+    process = start(args, store_uri)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(c.status == "FINISHED" for c in cells(store_uri)):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)  # Ctrl-C while a later cell trains
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+
+    before = cells(store_uri)
+    statuses = collections.Counter(c.status for c in before)
+    assert statuses["KILLED"] == 1 and statuses["RUNNING"] == 0 and 1 <= statuses["FINISHED"] < 5
+    killed = next(c for c in before if c.status == "KILLED")
+    assert "interrupted during task" in killed.tags["failure_reason"]
+    (sweep,) = Store(store_uri).find_runs("pmnist-smoke", kind="sweep")
+    assert sweep.status == "KILLED"
+
+    again = start(args, store_uri)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert f"resuming: {statuses['FINISHED']} of 5 cells already finished" in err
+    after = cells(store_uri)
+    finished = collections.Counter(c.tags["driver"] for c in after if c.status == "FINISHED")
+    assert finished == {d: 1 for d in ("none", "fis", "mas", "si", "sig")}  # nothing finished twice
+    assert len(after) == len(before) + (5 - statuses["FINISHED"])
+    # the resumed sweep owns the reused cells: a report on it sees all five
+    latest = Store(store_uri).find_runs("pmnist-smoke", kind="sweep")[0]
+    assert len(latest.tags["reused_cells"].split(",")) == statuses["FINISHED"]
+
+
+def test_a_changed_configuration_is_not_resumed(store_uri):
+    assert main([*SMOKE, "--drivers", "mas", "--tracking-uri", store_uri, "--data-dir", DATA_DIR]) == 0
+    assert main([*SMOKE, "--drivers", "mas", "--lambda", "mas=1", "--tracking-uri", store_uri,
+                 "--data-dir", DATA_DIR]) == 0
+    assert sorted(c.tags["lambda"] for c in cells(store_uri)) == ["1.0", "4.5"]
+
+
+def test_two_processes_write_to_one_store_at_once(store_uri, tmp_path):
+    first = start([*SMOKE, "--drivers", "none,sig"], store_uri)
+    second = start([*SMOKE, "--drivers", "mas,fis"], store_uri)
+    for process in (first, second):
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    runs = cells(store_uri)
+    assert sorted(c.tags["driver"] for c in runs) == ["fis", "mas", "none", "sig"]
+    assert all(c.status == "FINISHED" for c in runs)
+    store = Store(store_uri)
+    for c in runs:  # every artifact landed
+        assert store.download(c.id, "correlations.csv", tmp_path / c.id).stat().st_size > 0
+
+
+def test_same_seed_same_bytes_in_another_process(tmp_path, initialised_store):
+    import shutil
+
+    outputs = []
+    for k in range(2):
+        db = tmp_path / f"s{k}" / "mlflow.db"
+        db.parent.mkdir()
+        shutil.copy(initialised_store, db)
+        uri = f"sqlite:///{db}"
+        process = start([*SMOKE, "--drivers", "si"], uri)
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        (cell,) = cells(uri)
+        store = Store(uri)
+        outputs.append([store.download(cell.id, path, tmp_path / f"d{k}").read_bytes()
+                        for path in ("accuracy_matrix.csv", "tasks/task_02/importances.safetensors",
+                                     "tasks/task_02/state_dict.safetensors")])
+    assert outputs[0] == outputs[1]
+
+
+def test_unreachable_tracking_server_is_a_usage_error(capsys):
+    started = time.monotonic()
+    assert main([*SMOKE, "--drivers", "mas", "--tracking-uri", "http://127.0.0.1:9", "--data-dir", DATA_DIR]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot open tracking store http://127.0.0.1:9" in err
+    assert time.monotonic() - started < 60
