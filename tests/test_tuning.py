@@ -134,3 +134,36 @@ def test_tune_bad_input(args, message, untouched_store, capsys):
     assert main(["tune", *args, "--tracking-uri", untouched_store, "--data-dir", DATA_DIR]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "secret" not in err, err
+
+
+def test_interrupted_tuning_fails_the_running_trial_and_resumes_the_study(tmp_path, store_uri):
+    import signal
+    import time
+
+    storage = str(tmp_path / "optuna.journal")
+    env = {**os.environ, "BENCHMARK_DATA_DIR": DATA_DIR}
+    args = [sys.executable, "-m", "benchmark", "tune", "--driver", "mas", "--protocol", "smoke", "--storage", storage,
+            "--tracking-uri", store_uri]
+    process = subprocess.Popen([*args, "--trials", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait for a finished trial: the next one is then running
+        try:
+            study = optuna.load_study(study_name="lambda-mas-smoke", storage=open_storage(storage))
+            if any(t.state.name == "COMPLETE" for t in study.trials):
+                break
+        except KeyError:  # the journal exists, the study is not in it yet
+            pass
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    study = optuna.load_study(study_name="lambda-mas-smoke", storage=open_storage(storage))
+    states = [t.state.name for t in study.trials]
+    assert states[-1] == "FAIL" and "RUNNING" not in states  # the interrupted trial never counts
+    done = subprocess.run([*args, "--trials", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="lambda-mas-smoke", storage=open_storage(storage))
+    assert len(study.trials) == len(states) + 1 and study.trials[-1].state.name in ("COMPLETE", "PRUNED")
+    (tune_parent,) = [r for r in Store(store_uri).find_runs("pmnist-smoke-tuning", kind="tune") if r.status == "KILLED"]
+    assert tune_parent.tags["n_failed"] == "1"
