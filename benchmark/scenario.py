@@ -85,25 +85,30 @@ def load_mnist(data_dir: str | Path, download: bool = True) -> tuple[Tensor, Ten
     def read(train: bool, allow_download: bool):
         return torchvision.datasets.MNIST(str(data_dir), train=train, download=allow_download)
 
-    how = (f"put the four MNIST idx files in {Path(data_dir) / 'MNIST' / 'raw'}, or point --data-dir "
-           "(or BENCHMARK_DATA_DIR) at a folder that holds MNIST/raw/")
+    raw = Path(data_dir) / "MNIST" / "raw"
+    how = (f"put the four MNIST idx files in {raw}, or point --data-dir (or BENCHMARK_DATA_DIR) at a folder that "
+           "holds MNIST/raw/")
+
+    def first_line(e: Exception) -> str:
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
     try:
+        sets = read(True, False), read(False, False)
+    except RuntimeError as e:  # torchvision: "Dataset not found"
+        if "not found" not in str(e):
+            raise UsageError(f"MNIST files in {raw} are unreadable ({first_line(e)}): {how}") from None
+        if not download:
+            raise UsageError(f"MNIST not found: {how}") from None
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)
         try:
-            sets = read(True, False), read(False, False)
-        except RuntimeError:  # torchvision: "Dataset not found"
-            if not download:
-                raise UsageError(f"MNIST not found: {how}") from None
-            previous = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(30)
-            try:
-                sets = read(True, True), read(False, True)
-            finally:
-                socket.setdefaulttimeout(previous)
-    except UsageError:
-        raise
-    except Exception as e:  # torchvision reports offline downloads and corrupt files in many ways
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"MNIST could not be loaded or downloaded ({reason}): {how}") from None
+            sets = read(True, True), read(False, True)
+        except Exception as e:  # offline, a mirror down, a proxy: torchvision reports each its own way
+            raise UsageError(f"MNIST not found and not downloadable ({first_line(e)}): {how}") from None
+        finally:
+            socket.setdefaulttimeout(previous)
+    except Exception as e:  # a corrupt or truncated file fails inside torchvision's idx reader
+        raise UsageError(f"MNIST files in {raw} are unreadable ({first_line(e)}): {how}") from None
     (train, test) = sets
     if train.data.shape != (MNIST_TRAIN_IMAGES, 28, 28) or test.data.shape != (10000, 28, 28) \
             or len(train.targets) != MNIST_TRAIN_IMAGES or len(test.targets) != 10000:
