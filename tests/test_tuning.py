@@ -167,3 +167,23 @@ def test_interrupted_tuning_fails_the_running_trial_and_resumes_the_study(tmp_pa
     assert len(study.trials) == len(states) + 1 and study.trials[-1].state.name in ("COMPLETE", "PRUNED")
     (tune_parent,) = [r for r in Store(store_uri).find_runs("pmnist-smoke-tuning", kind="tune") if r.status == "KILLED"]
     assert tune_parent.tags["n_failed"] == "1"
+
+
+def test_pruner_compares_the_current_value_with_the_median():
+    """Running accuracy falls as tasks are added: a trial must be judged on its value now, not its best."""
+    from benchmark.tuning import MedianOfCurrentValuesPruner
+
+    study = optuna.create_study(direction="maximize", storage=optuna.storages.InMemoryStorage(),
+                                pruner=MedianOfCurrentValuesPruner(n_startup_trials=3, n_warmup_steps=2))
+    for final in (0.80, 0.85, 0.90):  # three completed trials, falling from 0.93
+        trial = study.ask()
+        for step, value in enumerate([0.93, 0.91, 0.88, final]):
+            trial.report(value, step)
+        study.tell(trial, final)
+    trial = study.ask()
+    for step, value in enumerate([0.93, 0.90]):
+        trial.report(value, step)
+        assert not trial.should_prune()  # warm-up: never before step 2
+    trial.report(0.87, 2)  # below the median 0.88 at step 2, though its best (0.93) is not
+    assert trial.should_prune()
+    assert not optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2).prune(study, study.trials[-1])
