@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import optuna
+from tqdm import tqdm
 
 from benchmark.config import Config
 from benchmark.errors import UsageError
@@ -92,13 +93,16 @@ def study_summaries(storage) -> list[dict]:
     rows = []
     for summary in optuna.get_all_study_summaries(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        states = [t.state.name for t in study.trials]
         best = summary.best_trial
         rows.append({"study": summary.study_name, "best_lambda": best.params["lambda"] if best else None,
-                     "best_value": best.value if best else None, "complete": states.count("COMPLETE"),
-                     "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
-                     "running": states.count("RUNNING")})
+                     "best_value": best.value if best else None, **trial_counts(study)})
     return rows
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    states = [t.state.name for t in study.trials]
+    return {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
+            "running": states.count("RUNNING")}
 
 
 class MedianOfCurrentValuesPruner(optuna.pruners.BasePruner):
@@ -163,8 +167,6 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
         run.finish("FINISHED")
         return value
 
-    from tqdm import tqdm
-
     status = "FAILED"
     bar = tqdm(total=trials, desc=f"{name}", unit="trial", disable=None, dynamic_ncols=True)
     try:
@@ -175,13 +177,10 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
         raise
     finally:
         bar.close()
-        summary = {"n_complete": 0, "n_pruned": 0, "n_failed": 0}
-        for t in study.trials:
-            key = {"COMPLETE": "n_complete", "PRUNED": "n_pruned", "FAIL": "n_failed"}.get(t.state.name)
-            if key:
-                summary[key] += 1
+        counts = trial_counts(study)
+        summary = {"n_complete": counts["complete"], "n_pruned": counts["pruned"], "n_failed": counts["failed"]}
         best = {}
-        if summary["n_complete"]:
+        if counts["complete"]:
             best = {"best_lambda": study.best_params["lambda"], "best_value": study.best_value,
                     "best_trial": study.best_trial.number}
         parent.set_tags({**summary, **best})
