@@ -93,9 +93,11 @@ def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=t.lr)
 
 
-def run_sequence(config: Config, driver: str, lam: float, seed: int,
-                 scenario: PermutedMNIST) -> Iterator[TaskResult]:
-    """Train tasks 0 .. T-1 in order with the driver's penalty; yield each task's results as it ends."""
+def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: PermutedMNIST,
+                 use_test_split: bool = True) -> Iterator[TaskResult]:
+    """Train tasks 0 .. T-1 in order with the driver's penalty; yield each task's results as it ends.
+
+    use_test_split=False (tuning) never reads the test images: test_accuracy stays empty."""
     device = scenario.train.x.device
     torch.manual_seed(seed)  # the initial weights: the same for every driver with this seed
     model = make_mlp(config.model).to(device)
@@ -126,7 +128,7 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int,
         yield TaskResult(
             task=task,
             test_accuracy=[accuracy(model, scenario.inputs(scenario.test, j), scenario.test.y)
-                           for j in range(scenario.tasks)],
+                           for j in range(scenario.tasks)] if use_test_split else [],
             validation_accuracy=[accuracy(model, scenario.inputs(scenario.validation, j), scenario.validation.y)
                                  for j in range(scenario.tasks)],
             increments=increments,

@@ -190,7 +190,7 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
 
 def _evaluate(config: Config, driver: str, lam: float, seeds: list[int], scenarios, trial, run) -> float:
     """Train every tuning seed in lockstep, task by task, reporting the running validation accuracy."""
-    sequences: Iterable = zip(*(run_sequence(config, driver, lam, seed, scenario)
+    sequences: Iterable = zip(*(run_sequence(config, driver, lam, seed, scenario, use_test_split=False)
                                 for seed, scenario in zip(seeds, scenarios)))
     matrices: list[list[list[float]]] = [[] for _ in seeds]
     try:

@@ -169,6 +169,20 @@ def test_interrupted_tuning_fails_the_running_trial_and_resumes_the_study(tmp_pa
     assert tune_parent.tags["n_failed"] == "1"
 
 
+def test_tuning_never_reads_the_test_split(mnist):
+    from benchmark.config import load_config
+    from benchmark.loop import run_sequence
+    from benchmark.scenario import Split, make_scenario, make_splits
+
+    config = load_config("smoke")
+    splits = make_splits(config.data, mnist)
+    # test images with no pixels: any evaluation on them would fail with a shape error
+    poisoned = Split(x=splits.test.x[:, :0], y=splits.test.y, indices=splits.test.indices)
+    scenario = make_scenario(type(splits)(splits.train, splits.validation, splits.importance, poisoned), 3, seed=0)
+    results = list(run_sequence(config, "mas", 4.5, 0, scenario, use_test_split=False))
+    assert all(r.test_accuracy == [] and len(r.validation_accuracy) == 3 for r in results)
+
+
 def test_pruner_compares_the_current_value_with_the_median():
     """Running accuracy falls as tasks are added: a trial must be judged on its value now, not its best."""
     from benchmark.tuning import MedianOfCurrentValuesPruner
