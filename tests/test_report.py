@@ -67,28 +67,27 @@ def test_every_referenced_file_exists(report):
     assert all((report / name).is_file() for name in re.findall(r"\]\(([^)]+)\)", readme))
 
 
+def mas_driven_correlations(uri, tmp_path) -> pd.DataFrame:
+    """correlations.csv of every mas-driven run, read straight from the store, with a seed column."""
+    store, runs = cell_runs(uri)
+    return pd.concat([run_csv(store, run, "correlations.csv", tmp_path).assign(seed=int(run.tags["seed"]))
+                      for run in runs if run.tags["driver"] == "mas"])
+
+
 def test_correlation_summary_matches_the_runs(sweep_store, report, tmp_path):
-    store, runs = cell_runs(sweep_store)
     summary = pd.read_csv(report / "correlations_summary.csv")
-    values = []
-    for run in [r for r in runs if r.tags["driver"] == "mas"]:
-        c = run_csv(store, run, "correlations.csv", tmp_path)
-        values.append(c[(c.task == 2) & (c.layer == "fc1") & (c.param == "weight") & (c.kind == "accumulated")
-                        & (c.estimator_a == "fis") & (c.estimator_b == "mas") & (c.method == "pearson")].value.item())
+    c = mas_driven_correlations(sweep_store, tmp_path)
+    values = c[(c.task == 2) & (c.layer == "fc1") & (c.param == "weight") & (c.kind == "accumulated")
+               & (c.estimator_a == "fis") & (c.estimator_b == "mas") & (c.method == "pearson")].value
     row = summary[(summary.driver == "mas") & (summary.task == 2) & (summary.layer == "fc1")
                   & (summary.param == "weight") & (summary.kind == "accumulated") & (summary.estimator_a == "fis")
                   & (summary.estimator_b == "mas") & (summary.method == "pearson")].iloc[0]
-    assert row["mean"] == pytest.approx(np.mean(values)) and row["n"] == 2
+    assert len(values) == 2 and row["mean"] == pytest.approx(np.mean(values)) and row["n"] == 2
 
 
 def test_claim_verdicts_follow_from_the_numbers(sweep_store, report, tmp_path):
-    store, runs = cell_runs(sweep_store)
     claims = pd.read_csv(report / "claims.csv")
-    frames = []
-    for run in [r for r in runs if r.tags["driver"] == "mas"]:
-        c = run_csv(store, run, "correlations.csv", tmp_path)
-        frames.append(c.assign(seed=int(run.tags["seed"])))
-    c = pd.concat(frames)
+    c = mas_driven_correlations(sweep_store, tmp_path)
     c = c[(c.kind == "accumulated") & (c.param == "weight") & (c.method == "pearson")]
 
     def lowest_layer_minimum(a, b):
