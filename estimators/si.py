@@ -7,7 +7,7 @@ At the end of the task, with Δ the total change of θ over the task:
 
 g is the gradient of the task loss without the penalty (Zenke's definition; gradient="total" uses the
 gradient of the penalised loss instead). Δθ_step is the change the optimiser actually made (Adam's, not
-−lr·g), measured from a copy of θ taken before the step. Zenke clip Ω at 0 for permuted MNIST; here that
+−lr·g), measured from a copy of θ taken before the step. Zenke et al. clip Ω at 0 for permuted MNIST; here that
 is the clip_at_zero option, off by default so the raw path integral is what gets correlated.
 """
 
@@ -29,6 +29,7 @@ class SynapticIntelligence(Estimator):
         self.clip_at_zero = clip_at_zero
         self.start: dict[str, Tensor] = {}
         self.omega: list[Tensor] = []
+        self.step_change: list[Tensor] = []
 
     def begin_task(self, model: nn.Module) -> None:
         # .clone(): a detached view of the live parameter would follow every update and make Δ zero.
