@@ -109,8 +109,9 @@ class MedianOfCurrentValuesPruner(optuna.pruners.BasePruner):
     """Prune a trial whose value at this step is below the median of the completed trials' values at the step.
 
     Optuna's MedianPruner compares the trial's best value over all steps so far; the running validation
-    accuracy here is highest after task 0 and falls as tasks are added, so that best value is the task-0 value
-    every trial shares and MedianPruner never prunes. This one compares the current value.
+    accuracy here is highest near task 0 and falls as tasks are added, so that best value is the early value
+    every trial shares, and once the median falls below it MedianPruner never prunes. This one compares the
+    current value.
     """
 
     def __init__(self, n_startup_trials: int, n_warmup_steps: int):
