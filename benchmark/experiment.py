@@ -102,11 +102,14 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
             bar.set_description(f"{driver} seed {seed}")
             scenario = make_scenario(splits, config.data.tasks, seed)
             statuses[(driver, seed)] = run_cell(store, experiment, parent, config, resolved, scenario, bar)
-    except KeyboardInterrupt:
-        parent.finish("KILLED")
-        raise
-    except BaseException:
-        parent.finish("FAILED")
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        # a signal between creating a cell's run and entering its own handler would leave it RUNNING forever
+        for cell in store.find_runs(experiment, kind="cell", status="RUNNING", **{"mlflow.parentRunId": parent.id}):
+            leftover = store.open_run(cell.id)
+            leftover.set_tags({"failure_reason": f"{type(e).__name__} before the cell started training"})
+            leftover.finish(status)
+        parent.finish(status)
         raise
     finally:
         bar.close()

@@ -36,9 +36,10 @@ def test_interrupted_sweep_resumes_only_the_missing_cells(store_uri):
 
     before = cells(store_uri)
     statuses = collections.Counter(c.status for c in before)
-    assert statuses["KILLED"] == 1 and statuses["RUNNING"] == 0 and 1 <= statuses["FINISHED"] < 5
-    killed = next(c for c in before if c.status == "KILLED")
-    assert "interrupted during task" in killed.tags["failure_reason"]
+    # the signal lands inside a cell (that cell KILLED) or between two cells (none): never a RUNNING leftover
+    assert statuses["KILLED"] <= 1 and statuses["RUNNING"] == 0 and 1 <= statuses["FINISHED"] < 5
+    assert all(c.tags["failure_reason"].startswith(("interrupted during task", "KeyboardInterrupt"))
+               for c in before if c.status == "KILLED")
     (sweep,) = Store(store_uri).find_runs("pmnist-smoke", kind="sweep")
     assert sweep.status == "KILLED"
 
