@@ -238,12 +238,12 @@ def command_report(args) -> int:
 COMMANDS = {"run": command_run, "tune": command_tune, "report": command_report}
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _terminate)  # a killed sweep marks its runs KILLED, like Ctrl-C
+    from tracking import interrupt
+
+    # Ctrl-C and SIGTERM become KeyboardInterrupt (runs end KILLED), held while a store call is in progress
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         args = make_parser().parse_args(argv)
         return COMMANDS[args.command](args)

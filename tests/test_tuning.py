@@ -160,13 +160,14 @@ def test_interrupted_tuning_fails_the_running_trial_and_resumes_the_study(tmp_pa
     assert process.returncode == 130, err
     study = optuna.load_study(study_name="lambda-mas-smoke", storage=open_storage(storage))
     states = [t.state.name for t in study.trials]
-    assert states[-1] == "FAIL" and "RUNNING" not in states  # the interrupted trial never counts
+    # the signal lands in a trial (it becomes FAIL, never counted) or between two (none is running then)
+    assert "RUNNING" not in states and states.count("FAIL") <= 1 and states[:-1].count("FAIL") == 0
     done = subprocess.run([*args, "--trials", "1"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name="lambda-mas-smoke", storage=open_storage(storage))
     assert len(study.trials) == len(states) + 1 and study.trials[-1].state.name in ("COMPLETE", "PRUNED")
     (tune_parent,) = [r for r in Store(store_uri).find_runs("pmnist-smoke-tuning", kind="tune") if r.status == "KILLED"]
-    assert tune_parent.tags["n_failed"] == "1"
+    assert tune_parent.tags["n_failed"] == str(states.count("FAIL"))
 
 
 def test_tuning_never_reads_the_test_split(mnist):

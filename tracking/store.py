@@ -30,6 +30,46 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+# Signals are held while MLflow works: a KeyboardInterrupt raised inside an SQLite transaction leaves the
+# database locked for every later write in the process — the writes that mark runs KILLED included.
+_calls_in_progress = 0
+_held_signal: int | None = None
+
+
+def interrupt(signum, _frame) -> None:
+    """Handler for SIGINT and SIGTERM: KeyboardInterrupt now, or as soon as the store call in progress returns."""
+    global _held_signal
+    if _calls_in_progress:
+        _held_signal = signum
+    else:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+class _ShieldedClient:
+    """An MlflowClient whose every call runs to its end before a held signal is raised."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            global _calls_in_progress, _held_signal
+            _calls_in_progress += 1
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                _calls_in_progress -= 1
+                if _calls_in_progress == 0 and _held_signal is not None:
+                    signum, _held_signal = _held_signal, None
+                    raise KeyboardInterrupt(f"signal {signum}")
+
+        return call
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What a reader needs of a finished or running run, in plain Python types."""
@@ -77,7 +117,7 @@ class Store:
                 db.parent.mkdir(parents=True, exist_ok=True)
                 if not os.access(db.parent, os.W_OK):
                     raise PermissionError(f"{db.parent} is not writable")
-            self.client = MlflowClient(tracking_uri=uri)
+            self.client = _ShieldedClient(MlflowClient(tracking_uri=uri))
             with _patient_only_later():
                 self.client.search_experiments(max_results=1)  # opens (and on first use creates) the store
         except Exception as e:
