@@ -150,6 +150,7 @@ def resolve_lambdas(config: Config, args) -> dict:
     from benchmark.experiment import Lambda
     from benchmark.tuning import open_storage, resolve_storage, study_name, tuned_lambda
 
+    user = parse_lambdas(args.lambdas) if args.lambdas else {}  # bad λ is reported before any storage is opened
     source = "config" if args.config else "default"
     lambdas = {name: Lambda(value, source) for name, value in config.penalty.lambda_.items()}
     storage = open_storage(resolve_storage(args.storage), create=False)
@@ -157,8 +158,7 @@ def resolve_lambdas(config: Config, args) -> dict:
         tuned = tuned_lambda(storage, driver, config.protocol)
         if tuned is not None:
             lambdas[driver] = Lambda(tuned, "tuned", study_name(driver, config.protocol))
-    if args.lambdas:
-        lambdas.update({name: Lambda(value, "user") for name, value in parse_lambdas(args.lambdas).items()})
+    lambdas.update({name: Lambda(value, "user") for name, value in user.items()})
     return lambdas
 
 
@@ -167,8 +167,6 @@ def command_run(args) -> int:
 
     config = read_config(args)
     drivers = parse_drivers(args.drivers)
-    if args.lambdas:
-        parse_lambdas(args.lambdas)  # bad λ is reported before anything slow happens
     lambdas = resolve_lambdas(config, args)
     missing = [d for d in drivers if d != "none" and d not in lambdas]
     if missing:
