@@ -45,6 +45,15 @@ def forward_capturing(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]
     return out, inputs, outputs
 
 
+def magnitude(t: Tensor, power: int) -> Tensor:
+    """|t|^power, in one elementwise pass for the powers the estimators use."""
+    if power == 2:
+        return t.square()
+    if power == 1:
+        return t.abs()
+    return t.abs().pow(power)
+
+
 def per_sample_gradient_moment(
     model: nn.Module,
     x: Tensor,
@@ -66,7 +75,7 @@ def per_sample_gradient_moment(
         scalars = per_sample_scalar(out, y[start:start + batch_size])
         deltas = torch.autograd.grad(scalars.sum(), outputs)
         for (name, layer), a, d in zip(layers, inputs, deltas):
-            a_p, d_p = a.detach().abs().pow(power), d.abs().pow(power)
+            a_p, d_p = magnitude(a.detach(), power), magnitude(d, power)
             sums[f"{name}.weight"] += d_p.T @ a_p
             if layer.bias is not None:
                 sums[f"{name}.bias"] += d_p.sum(0)

@@ -7,7 +7,7 @@ At the end of the task, with Δ the total change of θ over the task:
 
 g is the gradient of the task loss without the penalty (Zenke's definition; gradient="total" uses the
 gradient of the penalised loss instead). Δθ_step is the change the optimiser actually made (Adam's, not
-−lr·g), measured from a copy of θ taken before the step. Zenke et al. clip Ω at 0 for permuted MNIST; here that
+−lr·g): θ after the step minus a copy of θ taken before it. Zenke et al. clip Ω at 0 for permuted MNIST; here that
 is the clip_at_zero option, off by default so the raw path integral is what gets correlated.
 """
 
@@ -29,20 +29,15 @@ class SynapticIntelligence(Estimator):
         self.clip_at_zero = clip_at_zero
         self.start: dict[str, Tensor] = {}
         self.omega: list[Tensor] = []
-        self.step_change: list[Tensor] = []
 
     def begin_task(self, model: nn.Module) -> None:
         # .clone(): a detached view of the live parameter would follow every update and make Δ zero.
         self.start = {name: p.detach().clone() for name, p in model.named_parameters()}
         self.omega = [torch.zeros_like(p) for p in self.start.values()]
-        self.step_change = [torch.empty_like(p) for p in self.start.values()]  # scratch, reused every step
 
-    def observe_step(self, task_grads: list[Tensor], total_grads: list[Tensor],
-                     before: list[Tensor], after: list[Tensor]) -> None:
+    def observe_step(self, task_grads: list[Tensor], total_grads: list[Tensor], step_change: list[Tensor]) -> None:
         grads = task_grads if self.gradient == "task" else total_grads
-        torch._foreach_copy_(self.step_change, [p.detach() for p in after])
-        torch._foreach_sub_(self.step_change, before)
-        torch._foreach_addcmul_(self.omega, grads, self.step_change, value=-1.0)
+        torch._foreach_addcmul_(self.omega, grads, step_change, value=-1.0)
 
     def importance(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         result = {}

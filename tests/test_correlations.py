@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-from benchmark.correlations import COLUMNS, correlation_rows, layer_vectors, pairs
+from benchmark.correlations import COLUMNS, average_ranks, correlation_rows, layer_vectors, pairs
 
 
 def importances(seed):
@@ -38,8 +38,8 @@ def test_values_match_scipy():
     rows = correlation_rows(3, "accumulated", imps)
     assert all(len(r) == len(COLUMNS) and r[0] == 3 and r[3] == "accumulated" for r in rows)
     t = table(rows)
-    a = layer_vectors(imps["fis"])[("fc1", "all")]
-    b = layer_vectors(imps["mas"])[("fc1", "all")]
+    a = layer_vectors(imps["fis"])[("fc1", "all")].astype(np.float64)
+    b = layer_vectors(imps["mas"])[("fc1", "all")].astype(np.float64)
     assert t[("fc1", "all", "fis", "mas", "pearson")] == pytest.approx(stats.pearsonr(a, b)[0], abs=1e-12)
     assert t[("fc1", "all", "fis", "mas", "spearman")] == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
     assert t[("fc1", "all", "fis", "mas^2", "pearson")] == pytest.approx(stats.pearsonr(a, b ** 2)[0], abs=1e-12)
@@ -63,3 +63,11 @@ def test_constant_importance_gives_nan_not_an_error():
     imps = {"fis": {"fc1.bias": torch.ones(5)}, "mas": {"fc1.bias": torch.rand(5)}}
     t = table(correlation_rows(0, "increment", imps))
     assert math.isnan(t[("fc1", "bias", "fis", "mas", "pearson")])
+
+
+def test_average_ranks_equal_scipy_rankdata():
+    rng = np.random.default_rng(0)
+    for v in (rng.random(5000).astype(np.float32),
+              np.where(rng.random(5000) < 0.3, 0.0, rng.integers(0, 50, 5000)).astype(np.float32),  # runs of ties
+              np.array([2.0]), np.zeros(7)):
+        np.testing.assert_array_equal(average_ranks(v), stats.rankdata(v))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.config import ModelConfig, load_config
-from benchmark.loop import Penalty, train_task
+from benchmark.loop import Penalty, make_optimizer, train_task
 from benchmark.model import make_mlp
 from estimators import EmpiricalFisher, MemoryAwareSynapses, SignalImportance, SynapticIntelligence
 from tests.reference import fisher_loop, mas_loop, signal_loop
@@ -127,11 +127,11 @@ def test_si_by_hand():
     si = SynapticIntelligence(xi=0.1)
     si.begin_task(model)
     for grad, new in ((2.0, 0.8), (1.0, 0.7)):
-        before = [model.weight.detach().clone()]
+        change = [new - model.weight.detach()]
         with torch.no_grad():
             model.weight.fill_(new)
         g = [torch.full_like(model.weight, grad)]
-        si.observe_step(g, g, before, [model.weight])
+        si.observe_step(g, g, change)
     omega = si.importance(model, None, None)["weight"]
     torch.testing.assert_close(omega, torch.full((1, 1), 0.5 / 0.19, dtype=torch.float64))
 
@@ -140,10 +140,9 @@ def test_si_clip_at_zero():
     model = nn.Linear(1, 1, bias=False).double()
     si = SynapticIntelligence(clip_at_zero=True)
     si.begin_task(model)
-    before = [model.weight.detach().clone()]
     with torch.no_grad():
         model.weight.add_(1.0)
-    si.observe_step([torch.ones_like(model.weight)], [torch.ones_like(model.weight)], before, [model.weight])
+    si.observe_step([torch.ones_like(model.weight)], [torch.ones_like(model.weight)], [torch.ones_like(model.weight)])
     # a step uphill gives ω = −1·1 < 0: clipped to 0
     assert float(si.importance(model, None, None)["weight"]) == 0.0
 
@@ -196,3 +195,22 @@ def test_si_in_training_loop_equals_hand_written_path_integral(gradient):
     for k in slow:
         assert slow[k].abs().max() > 0
         assert relative_error(fast[k], slow[k]) <= 1e-5, k
+
+
+def test_experiment_optimizer_is_pytorchs_adam_up_to_rounding():
+    """make_optimizer's fused Adam takes the same steps as PyTorch's default Adam (float rounding aside)."""
+    config = load_config("paper")
+    x, y = torch.rand(500, 784), torch.randint(0, 10, (500,))
+    models = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = make_mlp(config.model)
+        optimizer = make_optimizer(config, model) if fused else torch.optim.Adam(model.parameters(), lr=1e-3)
+        for start in range(0, 500, 100):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[start:start + 100]), y[start:start + 100]).backward()
+            optimizer.step()
+        models.append(model)
+    assert isinstance(make_optimizer(config, models[0]), torch.optim.Adam)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 from benchmark.cli import main
 from benchmark.config import load_config
 from benchmark.correlations import COLUMNS
-from benchmark.loop import accuracy, make_estimators
+from benchmark.loop import make_estimators
 from benchmark.model import make_mlp
 from benchmark.scenario import draw_permutations, make_scenario, make_splits
 from tests.conftest import DATA_DIR
+from tests.reference import accuracy
 
 PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
 ESTIMATORS = ["fis", "mas", "si", "sig"]

@@ -59,3 +59,25 @@ def test_corrupt_mnist_is_a_usage_error(tmp_path):
         (raw / name).write_bytes(b"not an idx file")
     with pytest.raises(UsageError, match="MNIST files in .* are unreadable"):
         load_mnist(tmp_path, download=False)
+
+
+def test_task_accuracies_equal_the_model_on_permuted_images(mnist):
+    from benchmark.loop import task_accuracies
+    from benchmark.model import make_mlp
+    from tests.reference import accuracy
+
+    config = load_config("smoke")
+    scenario = make_scenario(make_splits(config.data, mnist), tasks=5, seed=1)
+    torch.manual_seed(1)
+    model = make_mlp(config.model)
+    x, y = scenario.inputs(scenario.train, 2)[:2000], scenario.train.y[:2000]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):  # a model that is right on task 2 and near chance on the others
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.eval()
+    fast = task_accuracies(model, scenario.test, torch.from_numpy(scenario.permutations), chunk=333)
+    plain = [accuracy(model, scenario.inputs(scenario.test, j), scenario.test.y) for j in range(5)]
+    assert fast == pytest.approx(plain, abs=2 / len(scenario.test.y))  # a tie in float rounding at most
+    assert fast[2] > 0.8 and max(fast[:2] + fast[3:]) < 0.3
