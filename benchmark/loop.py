@@ -6,7 +6,7 @@ driver's importances enter the penalty.
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -60,10 +60,17 @@ class Penalty:
         torch._foreach_addcmul_([p.grad for p in params], self.omega, self.diff, value=2 * self.lam)
 
     def value(self, params: list[Tensor]) -> float:
+        return self.values(params, 1)[0]
+
+    def values(self, params: list[Tensor], groups: int) -> list[float]:
+        """The penalty of each of `groups` equal consecutive runs of params (one per seed, for stacked seeds)."""
+        size = len(params) // groups
         if not self.active:
-            return 0.0
-        return self.lam * sum(float((o * (p.detach() - a).square()).sum())
-                              for p, o, a in zip(params, self.omega, self.anchor))
+            return [0.0] * groups
+        return [self.lam * sum(float((o * (p.detach() - a).square()).sum()) for p, o, a in
+                               zip(params[g * size:(g + 1) * size], self.omega[g * size:(g + 1) * size],
+                                   self.anchor[g * size:(g + 1) * size]))
+                for g in range(groups)]
 
 
 @dataclass
@@ -138,7 +145,7 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: P
             test_accuracy=task_accuracies(model, scenario.test, permutations) if use_test_split else [],
             validation_accuracy=task_accuracies(model, scenario.validation, permutations),
             increments=increments,
-            accumulated=accumulated,
+            accumulated=dict(accumulated),  # a snapshot: the next task replaces the entries
             state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
             epoch_losses=losses,
             epoch_penalties=penalties,
@@ -161,7 +168,7 @@ def train_task(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y:
         total = 0.0
         for start in range(0, len(x), batch):
             idx = order[start:start + batch]
-            loss = train_step(model, params, optimizer, x[idx], y[idx], penalty, step_observers, buffers)
+            loss = train_step(model, params, optimizer, x[idx], y[idx], penalty, step_observers, buffers).item()
             if not math.isfinite(loss):
                 raise Diverged(task, step, loss)
             total += loss * len(idx)
@@ -191,15 +198,17 @@ class StepBuffers:
 
 
 def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-               penalty: Penalty, step_observers: list[Estimator], buffers: StepBuffers) -> float:
-    """One optimiser step on task loss + penalty; returns the task loss."""
+               penalty: Penalty, step_observers: list[Estimator], buffers: StepBuffers,
+               loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> Tensor:
+    """One optimiser step on task loss + penalty; returns the task loss, detached (one per seed for stacked
+    seeds, whose losses are summed: each seed's weights get their own loss's gradient)."""
     optimizer.zero_grad()  # set to None: backward hands over fresh gradient buffers, as in a bare loop
-    task_loss = F.cross_entropy(model(x), y)
-    task_loss.backward()
+    task_loss = loss(model(x), y)
+    task_loss.sum().backward()
     if not step_observers:
         penalty.add_gradient(params)
         optimizer.step()
-        return task_loss.item()
+        return task_loss.detach()
     grads = [p.grad for p in params]
     if buffers.task_grads:
         torch._foreach_copy_(buffers.task_grads, grads)
@@ -210,7 +219,7 @@ def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Op
         torch.sub(value, change, out=change)
     for observer in step_observers:
         observer.observe_step(buffers.task_grads or grads, grads, buffers.step_change)
-    return task_loss.item()
+    return task_loss.detach()
 
 
 @torch.no_grad()
