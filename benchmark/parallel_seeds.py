@@ -22,14 +22,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.config import Config
-from benchmark.loop import (Diverged, Importances, Penalty, StepBuffers, TaskResult, make_estimators, make_optimizer,
-                            task_accuracies, train_step)
+from benchmark.loop import (
+    Diverged,
+    Importances,
+    Penalty,
+    StepBuffers,
+    TaskResult,
+    make_estimators,
+    make_optimizer,
+    task_accuracies,
+    train_step,
+)
 from benchmark.model import make_mlp
 from benchmark.scenario import PermutedMNIST
 
 
 class SeedStack(nn.Module):
-    """K MLPs of one shape; parameters `seeds.0.fc1.weight`, …, `seeds.{K-1}.fc3.bias`. Input [K, batch, in] → [K, batch, classes]."""
+    """K MLPs of one shape (parameters seeds.0.fc1.weight … seeds.{K-1}.fc3.bias): [K, batch, in] → [K, batch, C]."""
 
     def __init__(self, models: list[nn.Sequential], slope: float, batched: bool):
         super().__init__()
