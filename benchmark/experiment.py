@@ -18,8 +18,9 @@ from tqdm import tqdm
 from benchmark import __version__
 from benchmark.config import Config
 from benchmark.correlations import COLUMNS, correlation_rows
-from benchmark.loop import Diverged, run_sequence
+from benchmark.loop import Diverged, TaskResult, run_sequence
 from benchmark.metrics import average_accuracy, backward_transfer, forgetting
+from benchmark.parallel_seeds import run_sequences
 from benchmark.scenario import PermutedMNIST, Splits, make_scenario
 from tracking import Run, Store
 
@@ -67,8 +68,10 @@ def config_hash(resolved: dict) -> str:
 
 
 def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int], lambdas: dict[str, Lambda],
-              splits: Splits, log_importances: str, command: str) -> tuple[dict[tuple[str, int], str], list[str]]:
-    """Run every (driver, seed) cell not already finished in the store with the same configuration.
+              splits: Splits, log_importances: str, command: str,
+              parallel_seeds: int = 1) -> tuple[dict[tuple[str, int], str], list[str]]:
+    """Run every (driver, seed) cell not already finished in the store with the same configuration; with
+    parallel_seeds > 1, up to that many seeds of a driver are trained together (benchmark.parallel_seeds).
 
     Returns each cell's status and the ids of the finished runs that were reused instead of run again."""
     experiment = experiment_name(config)
@@ -96,12 +99,20 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
     bar = tqdm(total=len(cells) * config.data.tasks, initial=len(reused) * config.data.tasks, unit="task",
                disable=None, dynamic_ncols=True)
     try:
-        for (driver, seed), resolved in cells.items():
-            if (driver, seed) in reused:
-                continue
-            bar.set_description(f"{driver} seed {seed}")
-            scenario = make_scenario(splits, config.data.tasks, seed)
-            statuses[(driver, seed)] = run_cell(store, experiment, parent, config, resolved, scenario, bar)
+        pending = [cell for cell in cells if cell not in reused]
+        for driver in drivers:
+            seeds_left = [seed for d, seed in pending if d == driver]
+            for start in range(0, len(seeds_left), parallel_seeds):
+                group = seeds_left[start:start + parallel_seeds]
+                bar.set_description(f"{driver} seed{'s' if len(group) > 1 else ''} {','.join(map(str, group))}")
+                scenarios = [make_scenario(splits, config.data.tasks, seed) for seed in group]
+                if len(group) == 1:
+                    statuses[(driver, group[0])] = run_cell(store, experiment, parent, config,
+                                                            cells[(driver, group[0])], scenarios[0], bar)
+                else:
+                    outcome = run_group(store, experiment, parent, config, [cells[(driver, s)] for s in group],
+                                        scenarios, bar)
+                    statuses.update({(driver, seed): status for seed, status in zip(group, outcome)})
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         # a signal between creating a cell's run and entering its own handler would leave it RUNNING forever
@@ -118,71 +129,124 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
     return statuses, list(reused.values())
 
 
-def run_cell(store: Store, experiment: str, parent: Run, config: Config, resolved: dict, scenario: PermutedMNIST,
-             bar: tqdm) -> str:
-    driver, seed, log_importances = resolved["driver"], resolved["seed"], resolved["log_importances"]
-    run = store.start_run(experiment, f"{driver}-seed{seed}", parent=parent, tags={
-        "kind": "cell", "driver": driver, "seed": seed, "protocol": config.protocol, "lambda": resolved["lambda"],
-        "lambda_source": resolved["lambda_source"], "package_version": __version__,
-        "config_hash": config_hash(resolved),
-        **({"lambda_study": resolved["lambda_study"]} if resolved["lambda_study"] else {}),
-    })
-    tasks_done = 0
-    try:
-        run.log_params(flatten({k: v for k, v in resolved.items() if k != "penalty"}))
-        run.log_json(resolved, "config.json")
-        run.log_array(scenario.permutations, "permutations.npy")
-        run.log_array(scenario.importance.indices.astype(np.int64), "importance_samples.npy")
-        test_rows, validation_rows, correlations = [], [], []
-        last = scenario.tasks - 1
-        global_epoch = 0
-        for result in run_sequence(config, driver, resolved["lambda"], seed, scenario):
-            t = result.task
-            test_rows.append(result.test_accuracy)
-            validation_rows.append(result.validation_accuracy)
-            run.log_metrics({
-                "test_acc": average_accuracy(np.array(test_rows)),
-                "val_acc": average_accuracy(np.array(validation_rows)),
-                "task_seconds": result.seconds,
-                **{f"test_acc_task_{j}": a for j, a in enumerate(result.test_accuracy)},
-                **{f"val_acc_task_{j}": a for j, a in enumerate(result.validation_accuracy)},
-            }, step=t)
-            for loss, penalty in zip(result.epoch_losses, result.epoch_penalties):
-                run.log_metrics({"train_loss": loss, "penalty": penalty}, step=global_epoch)
-                global_epoch += 1
-            correlations += correlation_rows(t, "accumulated", result.accumulated)
-            correlations += correlation_rows(t, "increment", result.increments)
-            task_dir = f"tasks/task_{t:02d}"
-            run.log_tensors(result.state_dict, f"{task_dir}/state_dict.safetensors")
-            if log_importances == "all" or (log_importances == "final" and t == last):
-                run.log_tensors({f"{est}.{name}": v.float() for est, imp in result.increments.items()
-                                 for name, v in imp.items()}, f"{task_dir}/importances.safetensors")
-            tasks_done += 1
-            bar.update(1)
+class CellRecord:
+    """One (driver, seed) cell's MLflow run, filled task by task: the layout README's "Artifacts" describes."""
 
-        columns = [f"task_{j}" for j in range(scenario.tasks)]
-        for rows, path in ((test_rows, "accuracy_matrix.csv"), (validation_rows, "validation_accuracy_matrix.csv")):
+    def __init__(self, store: Store, experiment: str, parent: Run, config: Config, resolved: dict,
+                 scenario: PermutedMNIST, parallel_seeds: int = 1):
+        driver, seed = resolved["driver"], resolved["seed"]
+        self.config, self.resolved, self.scenario = config, resolved, scenario
+        self.run = store.start_run(experiment, f"{driver}-seed{seed}", parent=parent, tags={
+            "kind": "cell", "driver": driver, "seed": seed, "protocol": config.protocol, "lambda": resolved["lambda"],
+            "lambda_source": resolved["lambda_source"], "package_version": __version__,
+            "config_hash": config_hash(resolved), "parallel_seeds": parallel_seeds,
+            **({"lambda_study": resolved["lambda_study"]} if resolved["lambda_study"] else {}),
+        })
+        self.tasks_done, self.global_epoch = 0, 0
+        self.test_rows, self.validation_rows, self.correlations = [], [], []
+
+    def start(self) -> None:
+        self.run.log_params(flatten({k: v for k, v in self.resolved.items() if k != "penalty"}))
+        self.run.log_json(self.resolved, "config.json")
+        self.run.log_array(self.scenario.permutations, "permutations.npy")
+        self.run.log_array(self.scenario.importance.indices.astype(np.int64), "importance_samples.npy")
+
+    def task(self, result: TaskResult) -> None:
+        run, t = self.run, result.task
+        self.test_rows.append(result.test_accuracy)
+        self.validation_rows.append(result.validation_accuracy)
+        run.log_metrics({
+            "test_acc": average_accuracy(np.array(self.test_rows)),
+            "val_acc": average_accuracy(np.array(self.validation_rows)),
+            "task_seconds": result.seconds,
+            **{f"test_acc_task_{j}": a for j, a in enumerate(result.test_accuracy)},
+            **{f"val_acc_task_{j}": a for j, a in enumerate(result.validation_accuracy)},
+        }, step=t)
+        for loss, penalty in zip(result.epoch_losses, result.epoch_penalties):
+            run.log_metrics({"train_loss": loss, "penalty": penalty}, step=self.global_epoch)
+            self.global_epoch += 1
+        self.correlations += correlation_rows(t, "accumulated", result.accumulated)
+        self.correlations += correlation_rows(t, "increment", result.increments)
+        task_dir = f"tasks/task_{t:02d}"
+        run.log_tensors(result.state_dict, f"{task_dir}/state_dict.safetensors")
+        log_importances = self.resolved["log_importances"]
+        if log_importances == "all" or (log_importances == "final" and t == self.scenario.tasks - 1):
+            run.log_tensors({f"{est}.{name}": v.float() for est, imp in result.increments.items()
+                             for name, v in imp.items()}, f"{task_dir}/importances.safetensors")
+        self.tasks_done += 1
+
+    def finish(self) -> str:
+        run, columns = self.run, [f"task_{j}" for j in range(self.scenario.tasks)]
+        for rows, path in ((self.test_rows, "accuracy_matrix.csv"),
+                           (self.validation_rows, "validation_accuracy_matrix.csv")):
             table = pd.DataFrame(rows, columns=columns)
             table.insert(0, "after_task", range(len(rows)))
             run.log_text(table.to_csv(index=False), path)
-        run.log_text(pd.DataFrame(correlations, columns=COLUMNS).to_csv(index=False), "correlations.csv")
-        R, V = np.array(test_rows), np.array(validation_rows)
+        run.log_text(pd.DataFrame(self.correlations, columns=COLUMNS).to_csv(index=False), "correlations.csv")
+        R, V = np.array(self.test_rows), np.array(self.validation_rows)
         run.log_metrics({"ACC": average_accuracy(R), "BWT": backward_transfer(R), "forgetting": forgetting(R),
                          "val_ACC": average_accuracy(V), "val_BWT": backward_transfer(V),
-                         "val_forgetting": forgetting(V)}, step=last)
+                         "val_forgetting": forgetting(V)}, step=self.scenario.tasks - 1)
         run.finish("FINISHED")
         return "FINISHED"
-    except Diverged as e:
+
+    def diverged(self, e: Diverged, bar: tqdm) -> str:
         # a sweep goes on past a diverged cell: it is a result (λ too large), not a crash
-        run.set_tags({"failure_reason": str(e)})
-        run.finish("FAILED")
-        bar.update(scenario.tasks - tasks_done)
+        self.run.set_tags({"failure_reason": str(e)})
+        self.run.finish("FAILED")
+        bar.update(self.scenario.tasks - self.tasks_done)
         return "FAILED"
-    except KeyboardInterrupt:
-        run.set_tags({"failure_reason": f"interrupted during task {tasks_done}"})
-        run.finish("KILLED")
-        raise
+
+    def abort(self, e: BaseException) -> None:
+        if isinstance(e, KeyboardInterrupt):
+            self.run.set_tags({"failure_reason": f"interrupted during task {self.tasks_done}"})
+            self.run.finish("KILLED")
+        else:
+            self.run.set_tags({"failure_reason": f"{type(e).__name__}: {e}"[:5000]})
+            self.run.finish("FAILED")
+
+
+def run_cell(store: Store, experiment: str, parent: Run, config: Config, resolved: dict, scenario: PermutedMNIST,
+             bar: tqdm) -> str:
+    record = CellRecord(store, experiment, parent, config, resolved, scenario)
+    try:
+        record.start()
+        for result in run_sequence(config, resolved["driver"], resolved["lambda"], resolved["seed"], scenario):
+            record.task(result)
+            bar.update(1)
+        return record.finish()
+    except Diverged as e:
+        return record.diverged(e, bar)
     except BaseException as e:
-        run.set_tags({"failure_reason": f"{type(e).__name__}: {e}"[:5000]})
-        run.finish("FAILED")
+        record.abort(e)
+        raise
+
+
+def run_group(store: Store, experiment: str, parent: Run, config: Config, cells: list[dict],
+              scenarios: list[PermutedMNIST], bar: tqdm) -> list[str]:
+    """Cells of one driver, several seeds trained together (--parallel-seeds); each seed its own run, as run_cell."""
+    records = [CellRecord(store, experiment, parent, config, resolved, scenario, parallel_seeds=len(cells))
+               for resolved, scenario in zip(cells, scenarios)]
+    statuses: list[str | None] = [None] * len(cells)
+    try:
+        for record in records:
+            record.start()
+        first = cells[0]
+        for results in run_sequences(config, first["driver"], first["lambda"], [c["seed"] for c in cells], scenarios):
+            for k, (record, result) in enumerate(zip(records, results)):
+                if statuses[k] is not None:
+                    continue
+                if isinstance(result, Diverged):
+                    statuses[k] = record.diverged(result, bar)
+                else:
+                    record.task(result)
+                    bar.update(1)
+        for k, record in enumerate(records):
+            if statuses[k] is None:
+                statuses[k] = record.finish()
+        return statuses
+    except BaseException as e:
+        for status, record in zip(statuses, records):
+            if status is None:
+                record.abort(e)
         raise

@@ -69,3 +69,33 @@ def test_batched_products_equal_sequential_seeds_up_to_rounding(mnist):
                 torch.testing.assert_close(together.state_dict[name], value, rtol=1e-4, atol=1e-5)
             assert together.test_accuracy == pytest.approx(alone.test_accuracy, abs=0.005)
             assert together.epoch_losses == pytest.approx(alone.epoch_losses, rel=1e-4)
+
+
+def test_run_parallel_seeds_logs_each_seed_as_its_own_cell(mnist, store_uri, tmp_path):
+    """`run --parallel-seeds 2` over 3 seeds: three FINISHED cells whose artifacts equal a sequential sweep's."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.cli import main
+    from tests.conftest import DATA_DIR
+
+    common = ["run", "--protocol", "smoke", "--drivers", "mas", "--seeds", "3", "--data-dir", DATA_DIR]
+    sequential_uri = f"sqlite:///{tmp_path}/sequential.db"
+    assert main([*common, "--tracking-uri", sequential_uri]) == 0
+    assert main([*common, "--tracking-uri", store_uri, "--parallel-seeds", "2"]) == 0
+
+    def cells(uri):
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("pmnist-smoke")
+        runs = client.search_runs([experiment.experiment_id], "tags.kind = 'cell'")
+        return client, {int(r.data.tags["seed"]): r for r in runs}
+
+    client, together = cells(store_uri)
+    seq_client, alone = cells(sequential_uri)
+    assert sorted(together) == [0, 1, 2] and all(r.info.status == "FINISHED" for r in together.values())
+    assert {s: r.data.tags["parallel_seeds"] for s, r in together.items()} == {0: "2", 1: "2", 2: "1"}
+    for seed in range(3):
+        for artifact in ("accuracy_matrix.csv", "correlations.csv"):
+            a = pd.read_csv(client.download_artifacts(together[seed].info.run_id, artifact, str(tmp_path / "a")))
+            b = pd.read_csv(seq_client.download_artifacts(alone[seed].info.run_id, artifact, str(tmp_path / "b")))
+            pd.testing.assert_frame_equal(a, b)
