@@ -2,12 +2,13 @@
 store is touched."""
 
 import argparse
+import dataclasses
 import os
 import shlex
 import signal
 import sys
 
-from benchmark.config import DRIVERS, PROTOCOLS, Config, load_config
+from benchmark.config import DATASETS, DRIVERS, PROTOCOLS, Config, load_config
 from benchmark.errors import UsageError
 
 DATA_DIR_ENV = "BENCHMARK_DATA_DIR"
@@ -73,8 +74,10 @@ def make_parser() -> Parser:
     training.add_argument("--config", metavar="FILE",
                           help="a protocol file of your own (copy one from benchmark/protocols)")
     training.add_argument("--data-dir", default=None,
-                          help=f"folder holding MNIST/raw (default ${DATA_DIR_ENV} or ./data)")
-    training.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+                          help=f"folder holding MNIST/raw, FashionMNIST/raw (default ${DATA_DIR_ENV} or ./data)")
+    training.add_argument("--dataset", choices=list(DATASETS), default=None,
+                          help="permute the pixels of this dataset (default: the protocol's, mnist)")
+    training.add_argument("--no-download", action="store_true", help="never try to download the dataset")
     training.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                           help="default: cuda if available")
     stores = Parser(add_help=False)
@@ -123,20 +126,24 @@ def command_line() -> str:
 
 
 def read_config(args) -> Config:
-    return load_config(protocol=None if args.config else args.protocol, path=args.config)
+    config = load_config(protocol=None if args.config else args.protocol, path=args.config)
+    if args.dataset:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=args.dataset))
+    return config
 
 
 def load_data(config: Config, args):
-    """MNIST split as the protocol says, on the chosen device."""
+    """The protocol's dataset split as it says, on the chosen device."""
     import torch
 
-    from benchmark.scenario import load_mnist, make_splits
+    from benchmark.scenario import load_dataset, make_splits
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or "data"
-    return make_splits(config.data, load_mnist(data_dir, download=not args.no_download), device)
+    return make_splits(config.data, load_dataset(data_dir, config.data.dataset, download=not args.no_download),
+                       device)
 
 
 def open_store(args, must_exist: bool = False):
@@ -158,15 +165,15 @@ def resolve_lambdas(config: Config, args) -> dict:
     lambdas = {name: Lambda(value, source) for name, value in config.penalty.lambda_.items()}
     storage = open_storage(resolve_storage(args.storage), create=False)
     for driver in DRIVERS[1:]:
-        tuned = tuned_lambda(storage, driver, config.protocol)
+        tuned = tuned_lambda(storage, driver, config.protocol, config.data.dataset)
         if tuned is not None:
-            lambdas[driver] = Lambda(tuned, "tuned", study_name(driver, config.protocol))
+            lambdas[driver] = Lambda(tuned, "tuned", study_name(driver, config.protocol, config.data.dataset))
     lambdas.update({name: Lambda(value, "user") for name, value in user.items()})
     return lambdas
 
 
 def command_run(args) -> int:
-    from benchmark.experiment import run_sweep
+    from benchmark.experiment import experiment_name, run_sweep
 
     config = read_config(args)
     drivers = parse_drivers(args.drivers)
@@ -181,7 +188,7 @@ def command_run(args) -> int:
                                  command_line(), args.parallel_seeds)
     failed = [f"{d}/seed {s}" for (d, s), status in statuses.items() if status != "FINISHED"]
     print(f"{len(statuses) - len(failed)} of {len(statuses)} runs finished in experiment "
-          f"pmnist-{config.protocol} of {store.uri}" + (f"; failed: {', '.join(failed)}" if failed else "")
+          f"{experiment_name(config)} of {store.uri}" + (f"; failed: {', '.join(failed)}" if failed else "")
           + (f"; resumed: {len(reused)} were already finished with the same configuration" if reused else ""),
           file=sys.stderr)
     return 1 if failed else 0

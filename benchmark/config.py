@@ -14,6 +14,7 @@ from benchmark.errors import UsageError
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 PROTOCOLS = sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
+DATASETS = ("mnist", "fashion-mnist")  # whose pixels are permuted: both 60k + 10k grey 28×28 images, 10 classes
 DRIVERS = ("none", "fis", "mas", "si", "sig")  # "none": plain fine-tuning, no penalty
 MNIST_TRAIN_IMAGES = 60000
 
@@ -54,6 +55,9 @@ class EstimatorConfig:
     si_xi: float = 0.1
     si_gradient: str = "task"
     si_clip_at_zero: bool = False
+    fis_batched_batch_size: int = 100  # the minibatch whose mean-loss gradient fis_batched squares
+    accumulation: str = "sum"  # across tasks: "sum" (the paper) or "online": Ω ← γ Ω + Ω_task (Schwarz et al. 2018)
+    online_gamma: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ def _validate(c: Config, source: str) -> None:
             raise UsageError(f"{source}: {message}")
 
     d = c.data
-    need(d.dataset == "mnist", f"data.dataset = {d.dataset!r}: only 'mnist' is available")
+    need(d.dataset in DATASETS, f"data.dataset = {d.dataset!r}: choose from {', '.join(DATASETS)}")
     need(d.tasks >= 1, "data.tasks must be at least 1")
     need(d.train_images >= 1 and d.validation_images >= 1, "data.train_images and validation_images must be ≥ 1")
     need(d.train_images + d.validation_images <= MNIST_TRAIN_IMAGES,
@@ -173,3 +177,6 @@ def _validate(c: Config, source: str) -> None:
     need(e.batch_size >= 1, "estimators.batch_size must be ≥ 1")
     need(e.si_xi > 0, "estimators.si_xi must be > 0")
     need(e.si_gradient in ("task", "total"), "estimators.si_gradient must be 'task' or 'total'")
+    need(e.fis_batched_batch_size >= 1, "estimators.fis_batched_batch_size must be ≥ 1")
+    need(e.accumulation in ("sum", "online"), "estimators.accumulation must be 'sum' or 'online'")
+    need(0 < e.online_gamma <= 1, "estimators.online_gamma must be in (0, 1]")

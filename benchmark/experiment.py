@@ -33,7 +33,7 @@ class Lambda:
 
 
 def experiment_name(config: Config) -> str:
-    return f"pmnist-{config.protocol}"
+    return f"p{config.data.dataset}-{config.protocol}"  # pmnist-paper, pfashion-mnist-quick, …
 
 
 def git_commit() -> str:

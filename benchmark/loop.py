@@ -79,7 +79,7 @@ class TaskResult:
     test_accuracy: list[float]  # on every task j of the sequence, after training this task
     validation_accuracy: list[float]
     increments: Importances  # this task's own importance, per estimator
-    accumulated: Importances  # summed over tasks 0..task: what a penalty driven by that estimator sees
+    accumulated: Importances  # over tasks 0..task (see accumulate): what a penalty driven by that estimator sees
     state_dict: dict[str, Tensor]
     epoch_losses: list[float]  # mean task (cross-entropy) loss per epoch, without the penalty
     epoch_penalties: list[float]  # the penalty's value at the end of each epoch
@@ -95,6 +95,14 @@ def make_estimators(config: Config) -> dict[str, Estimator]:
         "sig": {"batch_size": e.batch_size},
     }
     return {name: cls(**options[name]) for name, cls in ESTIMATORS.items()}
+
+
+def accumulate(accumulated: Importances, increments: Importances, config: Config) -> Importances:
+    """Each estimator's importance over the tasks so far: the sum (the paper's author), or with
+    accumulation = "online" the decayed sum γ Ω + Ω_task of online EWC (Schwarz et al. 2018)."""
+    gamma = config.estimators.online_gamma if config.estimators.accumulation == "online" else 1.0
+    return {est: values if est not in accumulated else {k: gamma * accumulated[est][k] + v for k, v in values.items()}
+            for est, values in increments.items()}
 
 
 def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -133,9 +141,7 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: P
         model.eval()
         x_imp, y_imp = scenario.inputs(scenario.importance, task), scenario.importance.y
         increments = {name: e.importance(model, x_imp, y_imp) for name, e in estimators.items()}
-        for est, values in increments.items():
-            previous = accumulated.get(est)
-            accumulated[est] = {k: v if previous is None else previous[k] + v for k, v in values.items()}
+        accumulated = accumulate(accumulated, increments, config)
         if driver != "none":
             params = list(model.parameters())
             penalty.consolidate(params, [accumulated[driver][n] for n in names])
@@ -145,7 +151,7 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: P
             test_accuracy=task_accuracies(model, scenario.test, permutations) if use_test_split else [],
             validation_accuracy=task_accuracies(model, scenario.validation, permutations),
             increments=increments,
-            accumulated=dict(accumulated),  # a snapshot: the next task replaces the entries
+            accumulated=accumulated,
             state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
             epoch_losses=losses,
             epoch_penalties=penalties,

@@ -28,6 +28,7 @@ from benchmark.loop import (
     Penalty,
     StepBuffers,
     TaskResult,
+    accumulate,
     make_estimators,
     make_optimizer,
     task_accuracies,
@@ -99,16 +100,14 @@ def run_sequences(config: Config, driver: str, lam: float, seeds: list[int], sce
             x_imp, y_imp = scenario.inputs(scenario.importance, task), scenario.importance.y
             increments = {name: {n: observed[name][f"seeds.{k}.{n}"] for n in names} if name in observed
                           else e.importance(model, x_imp, y_imp) for name, e in estimators.items()}
-            for est, values in increments.items():
-                previous = accumulated[k].get(est)
-                accumulated[k][est] = {n: v if previous is None else previous[n] + v for n, v in values.items()}
+            accumulated[k] = accumulate(accumulated[k], increments, config)
             permutations = torch.from_numpy(scenario.permutations)
             results.append(TaskResult(
                 task=task,
                 test_accuracy=task_accuracies(model, scenario.test, permutations) if use_test_split else [],
                 validation_accuracy=task_accuracies(model, scenario.validation, permutations),
                 increments=increments,
-                accumulated=dict(accumulated[k]),  # a snapshot: the next task replaces the entries
+                accumulated=accumulated[k],
                 state_dict={n: v.detach().clone() for n, v in model.state_dict().items()},
                 epoch_losses=[epoch[k] for epoch in losses],
                 epoch_penalties=[epoch[k] for epoch in penalties],

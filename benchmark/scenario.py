@@ -74,20 +74,28 @@ def draw_permutations(tasks: int, seed: int) -> np.ndarray:
     return np.stack(rows).astype(np.int64)
 
 
-def load_mnist(data_dir: str | Path, download: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(train images uint8 [60000, 28, 28], train labels, test images [10000, 28, 28], test labels).
+# data.dataset → (torchvision's dataset class, which is also its folder name; the name in messages)
+TORCHVISION = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "Fashion-MNIST")}
 
-    Looks for torchvision's layout (data_dir/MNIST/raw/*-ubyte); downloads through torchvision if allowed.
-    Any failure becomes a one-line UsageError that says how to provide the files.
+
+def load_dataset(data_dir: str | Path, dataset: str = "mnist",
+                 download: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(train images uint8 [60000, 28, 28], train labels, test images [10000, 28, 28], test labels) of MNIST or
+    Fashion-MNIST.
+
+    Looks for torchvision's layout (data_dir/MNIST/raw/*-ubyte, data_dir/FashionMNIST/raw/…); downloads through
+    torchvision if allowed. Any failure becomes a one-line UsageError that says how to provide the files.
     """
     import torchvision  # imported here: it takes a second and only data loading needs it
 
-    def read(train: bool, allow_download: bool):
-        return torchvision.datasets.MNIST(str(data_dir), train=train, download=allow_download)
+    folder, label = TORCHVISION[dataset]
 
-    raw = Path(data_dir) / "MNIST" / "raw"
-    how = (f"put the four MNIST idx files in {raw}, or point --data-dir (or BENCHMARK_DATA_DIR) at a folder that "
-           "holds MNIST/raw/")
+    def read(train: bool, allow_download: bool):
+        return getattr(torchvision.datasets, folder)(str(data_dir), train=train, download=allow_download)
+
+    raw = Path(data_dir) / folder / "raw"
+    how = (f"put the four {label} idx files in {raw}, or point --data-dir (or BENCHMARK_DATA_DIR) at a folder "
+           f"that holds {folder}/raw/")
 
     def first_line(e: Exception) -> str:
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -96,23 +104,23 @@ def load_mnist(data_dir: str | Path, download: bool = True) -> tuple[Tensor, Ten
         sets = read(True, False), read(False, False)
     except RuntimeError as e:  # torchvision: "Dataset not found"
         if "not found" not in str(e):
-            raise UsageError(f"MNIST files in {raw} are unreadable ({first_line(e)}): {how}") from None
+            raise UsageError(f"{label} files in {raw} are unreadable ({first_line(e)}): {how}") from None
         if not download:
-            raise UsageError(f"MNIST not found: {how}") from None
+            raise UsageError(f"{label} not found: {how}") from None
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(30)
         try:
             sets = read(True, True), read(False, True)
         except Exception as e:  # offline, a mirror down, a proxy: torchvision reports each its own way
-            raise UsageError(f"MNIST not found and not downloadable ({first_line(e)}): {how}") from None
+            raise UsageError(f"{label} not found and not downloadable ({first_line(e)}): {how}") from None
         finally:
             socket.setdefaulttimeout(previous)
     except Exception as e:  # a corrupt or truncated file fails inside torchvision's idx reader
-        raise UsageError(f"MNIST files in {raw} are unreadable ({first_line(e)}): {how}") from None
+        raise UsageError(f"{label} files in {raw} are unreadable ({first_line(e)}): {how}") from None
     (train, test) = sets
     if train.data.shape != (MNIST_TRAIN_IMAGES, 28, 28) or test.data.shape != (10000, 28, 28) \
             or len(train.targets) != MNIST_TRAIN_IMAGES or len(test.targets) != 10000:
-        raise UsageError(f"MNIST files under {data_dir} have unexpected sizes: {how}")
+        raise UsageError(f"{label} files under {data_dir} have unexpected sizes: {how}")
     return train.data, train.targets, test.data, test.targets
 
 

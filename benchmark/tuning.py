@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from benchmark.config import Config
 from benchmark.errors import UsageError
+from benchmark.experiment import experiment_name
 from benchmark.loop import Diverged, run_sequence
 from benchmark.metrics import average_accuracy
 from benchmark.scenario import Splits, make_scenario
@@ -38,8 +39,8 @@ STORAGE_ENV = "BENCHMARK_OPTUNA_STORAGE"
 DEFAULT_STORAGE = "mlruns/optuna.journal"
 
 
-def study_name(driver: str, protocol: str) -> str:
-    return f"lambda-{driver}-{protocol}"
+def study_name(driver: str, protocol: str, dataset: str = "mnist") -> str:
+    return f"lambda-{driver}-{protocol}" + ("" if dataset == "mnist" else f"-{dataset}")
 
 
 def resolve_storage(flag: str | None = None) -> str:
@@ -78,12 +79,12 @@ def open_storage(url: str, create: bool = True):
         raise UsageError(f"cannot open Optuna storage {redact(url)}: {redact(reason)}") from None
 
 
-def tuned_lambda(storage, driver: str, protocol: str) -> float | None:
+def tuned_lambda(storage, driver: str, protocol: str, dataset: str = "mnist") -> float | None:
     """The best λ of the study for (driver, protocol), or None if there is no study or no finished trial."""
     if storage is None:
         return None
     try:
-        study = optuna.load_study(study_name=study_name(driver, protocol), storage=storage)
+        study = optuna.load_study(study_name=study_name(driver, protocol, dataset), storage=storage)
         return float(study.best_params["lambda"])
     except (KeyError, ValueError):  # no such study; no completed trial
         return None
@@ -130,7 +131,7 @@ class MedianOfCurrentValuesPruner(optuna.pruners.BasePruner):
 def tune(store: Store, storage, storage_url: str, config: Config, driver: str, trials: int, seeds: list[int],
          splits: Splits, command: str, sampler_seed: int | None = None):
     """Run `trials` trials of the (driver, protocol) study in this process; return the study."""
-    name = study_name(driver, config.protocol)
+    name = study_name(driver, config.protocol, config.data.dataset)
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(n_startup_trials=5, seed=sampler_seed),
@@ -138,7 +139,7 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
         # off only once there is something to forget, so early comparisons would favour small λ
         pruner=MedianOfCurrentValuesPruner(n_startup_trials=3, n_warmup_steps=config.data.tasks // 2),
     )
-    experiment = f"pmnist-{config.protocol}-tuning"
+    experiment = f"{experiment_name(config)}-tuning"
     versions = {"optuna_version": optuna.__version__}  # Optuna 5 changed TPE's defaults: same seed, other trials
     parent = store.start_run(experiment, f"tune-{driver}", tags={
         "kind": "tune", "driver": driver, "protocol": config.protocol, "study": name,

@@ -11,9 +11,9 @@ DATA_DIR = os.environ.get("BENCHMARK_DATA_DIR", "data")
 def mnist():
     """Real MNIST through torchvision: BENCHMARK_DATA_DIR (CI points it at ../shared/data), else ./data,
     downloaded there by torchvision if missing."""
-    from benchmark.scenario import load_mnist
+    from benchmark.scenario import load_dataset
 
-    return load_mnist(DATA_DIR, download=True)
+    return load_dataset(DATA_DIR, download=True)
 
 
 @pytest.fixture(scope="session")

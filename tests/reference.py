@@ -60,3 +60,44 @@ def signal_loop(model: nn.Sequential, x) -> dict[str, torch.Tensor]:
 def accuracy(model: nn.Module, x, y) -> float:
     """The plain way: the model on the (already permuted) images."""
     return float((model(x).argmax(1) == y).double().mean())
+
+
+def expected_gradient_loop(model: nn.Module, x, transform) -> dict[str, torch.Tensor]:
+    """mean_n Σ_y p(y|x_n) transform(∂ log p(y|x_n) / ∂θ): one autograd call per sample and class."""
+    params = dict(model.named_parameters())
+    sums = {k: torch.zeros_like(p) for k, p in params.items()}
+    for n in range(len(x)):
+        log_p = F.log_softmax(model(x[n:n + 1]), 1)[0]
+        for c in range(len(log_p)):
+            grads = torch.autograd.grad(log_p[c], list(params.values()), retain_graph=True)
+            weight = float(log_p[c].detach().exp())
+            for k, g in zip(params, grads):
+                sums[k] += weight * transform(g)
+    return {k: v / len(x) for k, v in sums.items()}
+
+
+def true_fisher_loop(model, x):
+    return expected_gradient_loop(model, x, torch.square)
+
+
+def absolute_fisher_loop(model, x):
+    return expected_gradient_loop(model, x, torch.abs)
+
+
+def batched_fisher_loop(model: nn.Module, x, y, batch_size: int) -> dict[str, torch.Tensor]:
+    """mean over consecutive minibatches of (mean of the minibatch's per-sample gradients of −log p(y|x))²,
+    the minibatch gradient built sample by sample."""
+    params = dict(model.named_parameters())
+    sums = {k: torch.zeros_like(p) for k, p in params.items()}
+    batches = 0
+    for start in range(0, len(x), batch_size):
+        stop = min(start + batch_size, len(x))
+        mean_grad = {k: torch.zeros_like(p) for k, p in params.items()}
+        for n in range(start, stop):
+            nll = -F.log_softmax(model(x[n:n + 1]), 1)[0, y[n]]
+            for k, g in zip(params, torch.autograd.grad(nll, list(params.values()))):
+                mean_grad[k] += g / (stop - start)
+        for k in params:
+            sums[k] += mean_grad[k].square()
+        batches += 1
+    return {k: v / batches for k, v in sums.items()}

@@ -4,7 +4,7 @@ import torch
 
 from benchmark.config import load_config
 from benchmark.errors import UsageError
-from benchmark.scenario import draw_permutations, load_mnist, make_scenario, make_splits
+from benchmark.scenario import draw_permutations, load_dataset, make_scenario, make_splits
 
 
 def test_permutations_drawn_from_seed():
@@ -48,7 +48,7 @@ def test_task_inputs_are_permuted_pixels(mnist):
 
 def test_missing_mnist_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="MNIST not found: put the four MNIST idx files in"):
-        load_mnist(tmp_path, download=False)
+        load_dataset(tmp_path, download=False)
 
 
 def test_corrupt_mnist_is_a_usage_error(tmp_path):
@@ -58,7 +58,7 @@ def test_corrupt_mnist_is_a_usage_error(tmp_path):
                  "t10k-labels-idx1-ubyte"):
         (raw / name).write_bytes(b"not an idx file")
     with pytest.raises(UsageError, match="MNIST files in .* are unreadable"):
-        load_mnist(tmp_path, download=False)
+        load_dataset(tmp_path, download=False)
 
 
 def test_task_accuracies_equal_the_model_on_permuted_images(mnist):
