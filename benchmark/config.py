@@ -61,6 +61,11 @@ class EstimatorConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    top_k_percent: float = 10.0  # correlations.csv's top-k overlap: Jaccard of each pair's k% most important
+
+
+@dataclass(frozen=True)
 class Config:
     protocol: str
     data: DataConfig
@@ -68,6 +73,7 @@ class Config:
     training: TrainingConfig
     penalty: PenaltyConfig
     estimators: EstimatorConfig
+    analysis: AnalysisConfig = AnalysisConfig()
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -77,7 +83,7 @@ class Config:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "penalty": PenaltyConfig,
-            "estimators": EstimatorConfig}
+            "estimators": EstimatorConfig, "analysis": AnalysisConfig}
 
 
 def load_config(protocol: str | None = None, path: str | Path | None = None) -> Config:
@@ -180,3 +186,4 @@ def _validate(c: Config, source: str) -> None:
     need(e.fis_batched_batch_size >= 1, "estimators.fis_batched_batch_size must be ≥ 1")
     need(e.accumulation in ("sum", "online"), "estimators.accumulation must be 'sum' or 'online'")
     need(0 < e.online_gamma <= 1, "estimators.online_gamma must be in (0, 1]")
+    need(0 < c.analysis.top_k_percent <= 100, "analysis.top_k_percent must be in (0, 100]")

@@ -1,21 +1,29 @@
 """Layerwise correlations between estimators' importances: the long table behind correlations.csv.
 
 For each layer, correlations are taken over its weight entries, over its biases, and over both together
-("all"); Pearson on the values and Spearman (Pearson on average ranks). Besides every pair of estimators, the
-derived pairs the paper and Benzing (2022) discuss: fis vs mas² and √fis vs mas. A constant vector has no
-correlation: NaN.
+("all"); Pearson on the values, Spearman (Pearson on average ranks), and the top-k overlap: the Jaccard index
+of the k% most important entries of each (what a penalty protects, rather than how well one importance fits the
+other linearly). A constant vector has no correlation: NaN.
+
+Pairs: every pair of the paper's four estimators; the derived pairs the paper and Benzing (2022) discuss,
+fis vs mas² and √fis vs mas; and the pairs the further estimators exist for: the true Fisher against the
+empirical one and against its one-sample estimate, the minibatch shortcut against the empirical Fisher, MAS
+against the absolute Fisher (Benzing: MAS ≈ AF), SI against √SOS (Benzing: SI ≈ √SOS).
 """
 
+import math
 from itertools import combinations
 
 import numpy as np
 from torch import Tensor
 
 COLUMNS = ["task", "layer", "param", "kind", "estimator_a", "estimator_b", "method", "value"]
-# derived importances: name -> (estimator it is computed from, elementwise transform); both transforms are
-# monotone on the non-negative fis and mas, so their ranks are those of the estimator itself
-DERIVED = {"mas^2": ("mas", np.square), "sqrt(fis)": ("fis", np.sqrt)}
-DERIVED_PAIRS = [("fis", "mas^2"), ("sqrt(fis)", "mas")]
+PAPER_ESTIMATORS = ("fis", "mas", "si", "sig")
+# derived importances: name -> (estimator it is computed from, elementwise transform); the transforms are
+# monotone on these non-negative importances, so ranks and top-k sets are those of the estimator itself
+DERIVED = {"mas^2": ("mas", np.square), "sqrt(fis)": ("fis", np.sqrt), "sqrt(sos)": ("sos", np.sqrt)}
+EXTRA_PAIRS = [("fis", "mas^2"), ("sqrt(fis)", "mas"), ("fis_exact", "fis"), ("fis_sampled", "fis_exact"),
+               ("fis_batched", "fis"), ("mas", "abs_fisher"), ("si", "sqrt(sos)")]
 
 
 def source(name: str) -> str:
@@ -24,8 +32,13 @@ def source(name: str) -> str:
 
 
 def pairs(estimators: list[str]) -> list[tuple[str, str]]:
-    derived = [(a, b) for a, b in DERIVED_PAIRS if source(a) in estimators and source(b) in estimators]
-    return list(combinations(estimators, 2)) + derived
+    paper = [e for e in estimators if e in PAPER_ESTIMATORS]
+    extra = [(a, b) for a, b in EXTRA_PAIRS if source(a) in estimators and source(b) in estimators]
+    return list(combinations(paper, 2)) + extra
+
+
+def top_k_method(percent: float) -> str:
+    return f"jaccard_top{percent:g}"
 
 
 def layer_vectors(importance: dict[str, Tensor]) -> dict[tuple[str, str], np.ndarray]:
@@ -67,7 +80,16 @@ def standardised(v: np.ndarray) -> np.ndarray | None:
     return centred / norm if norm > 0 else None
 
 
-def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tensor]]) -> list[tuple]:
+def top_k_mask(v: np.ndarray, percent: float) -> np.ndarray:
+    """The ⌈percent·n/100⌉ largest entries (at least one); among equal values at the cut, an arbitrary choice."""
+    k = max(1, math.ceil(len(v) * percent / 100))
+    mask = np.zeros(len(v), dtype=bool)
+    mask[np.argpartition(v, len(v) - k)[len(v) - k:]] = True
+    return mask
+
+
+def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tensor]],
+                     top_k_percent: float = 10.0) -> list[tuple]:
     """Rows of COLUMNS for one task and one kind ('accumulated' or 'increment')."""
     estimators = list(importances)
     vectors = {est: layer_vectors(imp) for est, imp in importances.items()}
@@ -75,6 +97,7 @@ def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tens
         if base in vectors:
             vectors[name] = {key: transform(v.astype(np.float64)) for key, v in vectors[base].items()}
     units: dict[tuple, np.ndarray | None] = {}
+    masks: dict[tuple, np.ndarray] = {}
 
     def unit(est: str, key: tuple[str, str], method: str) -> np.ndarray | None:
         # Spearman is Pearson on average ranks; a derived importance has its source's ranks
@@ -84,7 +107,13 @@ def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tens
             units[(name, key, method)] = standardised(v if method == "pearson" else average_ranks(v))
         return units[(name, key, method)]
 
+    def mask(est: str, key: tuple[str, str]) -> np.ndarray:
+        if (source(est), key) not in masks:
+            masks[(source(est), key)] = top_k_mask(vectors[source(est)][key], top_k_percent)
+        return masks[(source(est), key)]
+
     rows = []
+    overlap = top_k_method(top_k_percent)
     for a, b in pairs(estimators):
         for key in vectors[a]:
             layer, param = key
@@ -92,4 +121,6 @@ def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tens
                 ua, ub = unit(a, key, method), unit(b, key, method)
                 value = float(np.clip(ua @ ub, -1.0, 1.0)) if ua is not None and ub is not None else float("nan")
                 rows.append((task, layer, param, kind, a, b, method, value))
+            both, either = np.count_nonzero(mask(a, key) & mask(b, key)), np.count_nonzero(mask(a, key) | mask(b, key))
+            rows.append((task, layer, param, kind, a, b, overlap, both / either))
     return rows

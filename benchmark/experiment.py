@@ -165,8 +165,9 @@ class CellRecord:
         for loss, penalty in zip(result.epoch_losses, result.epoch_penalties):
             run.log_metrics({"train_loss": loss, "penalty": penalty}, step=self.global_epoch)
             self.global_epoch += 1
-        self.correlations += correlation_rows(t, "accumulated", result.accumulated)
-        self.correlations += correlation_rows(t, "increment", result.increments)
+        top_k = self.config.analysis.top_k_percent
+        self.correlations += correlation_rows(t, "accumulated", result.accumulated, top_k)
+        self.correlations += correlation_rows(t, "increment", result.increments, top_k)
         task_dir = f"tasks/task_{t:02d}"
         run.log_tensors(result.state_dict, f"{task_dir}/state_dict.safetensors")
         log_importances = self.resolved["log_importances"]

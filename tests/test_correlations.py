@@ -48,7 +48,7 @@ def test_values_match_scipy():
     # monotone transforms leave Spearman unchanged
     assert t[("fc1", "all", "fis", "mas^2", "spearman")] == pytest.approx(t[("fc1", "all", "fis", "mas", "spearman")])
     # 3 estimators → 3 pairs + 2 derived; 2 layers × 3 params × 2 methods
-    assert len(rows) == 5 * 2 * 3 * 2
+    assert len(rows) == 5 * 2 * 3 * 3
 
 
 def test_spearman_with_ties_matches_scipy():
@@ -71,3 +71,24 @@ def test_average_ranks_equal_scipy_rankdata():
               np.where(rng.random(5000) < 0.3, 0.0, rng.integers(0, 50, 5000)).astype(np.float32),  # runs of ties
               np.array([2.0]), np.zeros(7)):
         np.testing.assert_array_equal(average_ranks(v), stats.rankdata(v))
+
+
+def test_top_k_overlap_by_hand():
+    # 20 weights; top 10% = the 2 largest. a: entries 0, 1; b: entries 1, 2 → Jaccard 1 / 3
+    a, b = torch.zeros(20), torch.zeros(20)
+    a[0], a[1], b[1], b[2] = 5.0, 4.0, 3.0, 9.0
+    rows = correlation_rows(0, "increment", {"fis": {"fc1.weight": a}, "mas": {"fc1.weight": b}}, top_k_percent=10)
+    t = table(rows)
+    assert t[("fc1", "weight", "fis", "mas", "jaccard_top10")] == pytest.approx(1 / 3)
+    # fis vs mas²: mas² has mas's top entries
+    assert t[("fc1", "weight", "fis", "mas^2", "jaccard_top10")] == pytest.approx(1 / 3)
+    rows = correlation_rows(0, "increment", {"fis": {"fc1.weight": a}, "mas": {"fc1.weight": a * 2}}, 25)
+    assert table(rows)[("fc1", "weight", "fis", "mas", "jaccard_top25")] == 1.0
+
+
+def test_extra_pairs_appear_with_their_estimators():
+    names = ["fis", "mas", "si", "sig", "fis_exact", "fis_sampled", "fis_batched", "abs_fisher", "sos"]
+    assert pairs(names)[6:] == [("fis", "mas^2"), ("sqrt(fis)", "mas"), ("fis_exact", "fis"),
+                                ("fis_sampled", "fis_exact"), ("fis_batched", "fis"), ("mas", "abs_fisher"),
+                                ("si", "sqrt(sos)")]
+    assert ("fis_exact", "mas") not in pairs(names)

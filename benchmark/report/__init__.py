@@ -20,11 +20,16 @@ from benchmark.report.stats import (
     check_claims,
     correlation_summary,
     forgetting_table,
+    layer_means,
     mean_accuracy_matrix,
 )
 from tracking import Store
 
 PAPER_DRIVER = "mas"  # the driver of the paper's correlation figures
+# the explanations the further estimators test (issue 7): Benzing's MAS ≈ AF ≈ √Fisher and SI ≈ √SOS, the paper's
+# FIS ~ MAS², and how far the ways of computing a Fisher are from each other
+BEYOND_PAIRS = [("mas", "abs_fisher"), ("sqrt(fis)", "mas"), ("fis", "mas^2"), ("fis_exact", "fis"),
+                ("si", "sqrt(sos)"), ("fis_sampled", "fis_exact"), ("fis_batched", "fis")]
 
 
 def build_report(store: Store, out: Path, experiment: str | None = None, sweep_ids: list[str] | None = None,
@@ -47,6 +52,9 @@ def build_report(store: Store, out: Path, experiment: str | None = None, sweep_i
             claims.append({"driver": driver, "claim": c.claim, "test": c.test, "measured (per layer)": c.measured,
                            "verdict": c.verdict, "holds": c.holds})
     claims = pd.DataFrame(claims)
+    lead = chosen[chosen.driver == drivers[0]]
+    overlap = sorted(m for m in set(chosen.method) if m.startswith("jaccard_top"))
+    beyond = {method: layer_means(lead, BEYOND_PAIRS, method) for method in ["pearson", *overlap]}
 
     curves = {d: accuracy_curves(sweep.cells, sweep.accuracy, d) for d in sweep.drivers}
     figure_stems = {"acc": figures.accuracy_curves(curves, out), "matrices": [], "surfaces": [], "heatmaps": []}
@@ -69,6 +77,12 @@ def build_report(store: Store, out: Path, experiment: str | None = None, sweep_i
 
     header = _header(sweep, store, protocol, command)
     sections = _sections(sweep, forgetting, claims, figure_stems, param, kind)
+    for i, (method, table) in enumerate(beyond.items()):
+        if len(table):
+            sections.insert(2 + i, (f"Beyond the paper: {method}", f"Driver {drivers[0]}; {method} of {kind} "
+                                f"importances over each layer's {param} entries: per seed the mean over tasks, "
+                                "then mean [95% t-interval] over seeds.", table.astype(str)))
+            table.astype(str).to_csv(out / f"beyond_{method}.csv", index=False)
     (out / "README.md").write_text(_markdown(header, sections))
     (out / "index.html").write_text(_html(header, sections))
     for parent in sweep.parents[:1]:

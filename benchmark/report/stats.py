@@ -84,6 +84,18 @@ def correlation_summary(correlations: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*keys, "mean", "ci_low", "ci_high", "n"])
 
 
+def layer_means(correlations: pd.DataFrame, pairs: list[tuple[str, str]], method: str) -> pd.DataFrame:
+    """Per pair and layer: each seed's mean over tasks, then the mean and 95% t-interval over seeds — the
+    beyond-the-paper table (Benzing's MAS ≈ AF and SI ≈ √SOS, the Fisher variants). Pairs absent: left out."""
+    rows = []
+    for a, b in pairs:
+        series = _series(correlations, a, b, method)
+        if len(series):
+            rows.append({"pair": f"{a} – {b}", **{layer: mean_ci(series[series.layer == layer].groupby("seed")
+                                                                 .value.mean()) for layer in _layers(series)}})
+    return pd.DataFrame(rows)
+
+
 # --- the paper's claims (arXiv 2211.17012), judged on Pearson correlations of the chosen kind and param ---
 
 @dataclass(frozen=True)
@@ -95,10 +107,10 @@ class ClaimResult:
     verdict: str
 
 
-def _series(correlations: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-    """Pearson values of pair (a, b), one row per (seed, layer, task)."""
+def _series(correlations: pd.DataFrame, a: str, b: str, method: str = "pearson") -> pd.DataFrame:
+    """Values of pair (a, b) by one method, one row per (seed, layer, task)."""
     rows = correlations[(correlations.estimator_a == a) & (correlations.estimator_b == b)
-                        & (correlations.method == "pearson")]
+                        & (correlations.method == method)]
     return rows[["seed", "layer", "task", "value"]]
 
 
