@@ -8,7 +8,7 @@ import shlex
 import signal
 import sys
 
-from benchmark.config import DATASETS, DRIVERS, PROTOCOLS, Config, load_config
+from benchmark.config import DATASETS, DRIVERS, PAPER_DRIVERS, PROTOCOLS, Config, load_config
 from benchmark.errors import UsageError
 
 DATA_DIR_ENV = "BENCHMARK_DATA_DIR"
@@ -33,12 +33,13 @@ def int_at_least(minimum: int):
 
 
 def parse_drivers(text: str) -> list[str]:
-    if text == "all":
-        return list(DRIVERS)
+    if text in ("paper", "all"):
+        return list(PAPER_DRIVERS if text == "paper" else DRIVERS)
     drivers = [d.strip() for d in text.split(",") if d.strip()]
     unknown = [d for d in drivers if d not in DRIVERS]
     if unknown or not drivers:
-        raise UsageError(f"unknown driver {unknown[0] if unknown else text!r} (choose from all, {', '.join(DRIVERS)})")
+        raise UsageError(f"unknown driver {unknown[0] if unknown else text!r} "
+                         f"(choose from paper, all, {', '.join(DRIVERS)})")
     return list(dict.fromkeys(drivers))
 
 
@@ -87,7 +88,8 @@ def make_parser() -> Parser:
                         "(default $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.journal)")
 
     run = commands.add_parser("run", parents=[training, stores], help="train every (driver, seed), record it in MLflow")
-    run.add_argument("--drivers", default="all", help=f"comma list of {', '.join(DRIVERS)}, or all (default)")
+    run.add_argument("--drivers", default="paper", help=f"comma list of {', '.join(DRIVERS)}; paper (the default): "
+                     f"{', '.join(PAPER_DRIVERS)}; all: every one (the others need a λ: --lambda or tune)")
     run.add_argument("--seeds", type=int_at_least(1), default=1, help="number of seeds (default 1)")
     run.add_argument("--first-seed", type=int_at_least(0), default=0, help="seeds are first-seed … first-seed+seeds-1")
     run.add_argument("--lambda", dest="lambdas", metavar="EST=VALUE,…",
@@ -180,7 +182,8 @@ def command_run(args) -> int:
     lambdas = resolve_lambdas(config, args)
     missing = [d for d in drivers if d != "none" and d not in lambdas]
     if missing:
-        raise UsageError(f"no λ for driver {missing[0]!r}: add it to [penalty] lambda or pass --lambda")
+        raise UsageError(f"no λ for driver {missing[0]!r}: tune it (python -m benchmark tune --driver {missing[0]}), "
+                         "add it to [penalty] lambda or pass --lambda")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     splits = load_data(config, args)
     store = open_store(args)

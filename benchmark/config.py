@@ -11,11 +11,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from benchmark.errors import UsageError
+from estimators import ESTIMATORS
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 PROTOCOLS = sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
 DATASETS = ("mnist", "fashion-mnist")  # whose pixels are permuted: both 60k + 10k grey 28×28 images, 10 classes
-DRIVERS = ("none", "fis", "mas", "si", "sig")  # "none": plain fine-tuning, no penalty
+# whose importances drive the penalty; "none": plain fine-tuning, no penalty
+DRIVERS = ("none", *ESTIMATORS)
+PAPER_DRIVERS = ("none", "fis", "mas", "si", "sig")  # `run --drivers paper`, the default
 MNIST_TRAIN_IMAGES = 60000
 
 

@@ -86,13 +86,19 @@ class TaskResult:
     seconds: float
 
 
-def make_estimators(config: Config) -> dict[str, Estimator]:
+def make_estimators(config: Config, seed: int = 0) -> dict[str, Estimator]:
+    """Every estimator, each configured from the protocol; seed: the run's (fis_sampled draws labels from it)."""
     e = config.estimators
     options = {
         "fis": {"batch_size": e.batch_size},
         "mas": {"batch_size": e.batch_size},
         "si": {"xi": e.si_xi, "gradient": e.si_gradient, "clip_at_zero": e.si_clip_at_zero},
         "sig": {"batch_size": e.batch_size},
+        "fis_exact": {"batch_size": e.batch_size},
+        "fis_sampled": {"seed": seed, "batch_size": e.batch_size},
+        "fis_batched": {"batch_size": e.fis_batched_batch_size},
+        "abs_fisher": {"batch_size": e.batch_size},
+        "sos": {},
     }
     return {name: cls(**options[name]) for name, cls in ESTIMATORS.items()}
 
@@ -125,7 +131,7 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: P
     model = make_mlp(config.model).to(device)
     optimizer = make_optimizer(config, model)  # one optimiser across tasks, as in the author's code
     shuffle = torch.Generator().manual_seed(seed)
-    estimators = make_estimators(config)
+    estimators = make_estimators(config, seed)
     penalty = Penalty(lam if driver != "none" else 0.0)
     names = [name for name, _ in model.named_parameters()]
     accumulated: Importances = {}

@@ -36,6 +36,7 @@ from benchmark.loop import (
 )
 from benchmark.model import make_mlp
 from benchmark.scenario import PermutedMNIST
+from estimators import ESTIMATORS
 
 
 class SeedStack(nn.Module):
@@ -77,8 +78,9 @@ def run_sequences(config: Config, driver: str, lam: float, seeds: list[int], sce
     stack = SeedStack(models, config.model.leaky_relu_slope, device.type == "cuda" if batched is None else batched)
     optimizer = make_optimizer(config, stack)
     shuffles = [torch.Generator().manual_seed(seed) for seed in seeds]
-    estimators = make_estimators(config)  # step observers see the joint parameter list, the others one seed's MLP
-    observers = [e for e in estimators.values() if e.observes_steps]
+    # step observers see the joint parameter list; the other estimators, one set per seed, that seed's MLP
+    observers = [e for e in make_estimators(config).values() if e.observes_steps]
+    own = [{name: e for name, e in make_estimators(config, seed).items() if not e.observes_steps} for seed in seeds]
     penalty = Penalty(lam if driver != "none" else 0.0)
     names = [name for name, _ in models[0].named_parameters()]
     accumulated: list[Importances] = [{} for _ in seeds]
@@ -88,6 +90,9 @@ def run_sequences(config: Config, driver: str, lam: float, seeds: list[int], sce
         started = time.perf_counter()
         for observer in observers:
             observer.begin_task(stack)
+        for model, estimators in zip(models, own):
+            for estimator in estimators.values():
+                estimator.begin_task(model)
         losses, penalties = train_task_stacked(stack, optimizer, scenarios, task, config, shuffles, penalty,
                                                observers, diverged)
         observed = {e.name: e.importance(stack, None, None) for e in observers}  # keys "seeds.k.fc1.weight", …
@@ -98,8 +103,9 @@ def run_sequences(config: Config, driver: str, lam: float, seeds: list[int], sce
                 continue
             model.eval()
             x_imp, y_imp = scenario.inputs(scenario.importance, task), scenario.importance.y
-            increments = {name: {n: observed[name][f"seeds.{k}.{n}"] for n in names} if name in observed
-                          else e.importance(model, x_imp, y_imp) for name, e in estimators.items()}
+            increments = {name: e.importance(model, x_imp, y_imp) for name, e in own[k].items()}
+            increments.update({name: {n: values[f"seeds.{k}.{n}"] for n in names} for name, values in observed.items()})
+            increments = {name: increments[name] for name in ESTIMATORS}  # the registry's order, as run_sequence
             accumulated[k] = accumulate(accumulated[k], increments, config)
             permutations = torch.from_numpy(scenario.permutations)
             results.append(TaskResult(

@@ -1,23 +1,41 @@
 """Weight-importance estimators, one per file, all behind the protocol in estimators.base.
 
-fis  empirical Fisher (squared per-sample gradient of the log-likelihood of the true label)
-mas  Memory Aware Synapses (absolute per-sample gradient of the squared L2 norm of the softmax output)
-si   Synaptic Intelligence (path integral of the task loss during training)
-sig  signal passed through the weight (|W| times the mean absolute input; mean activation for biases)
+The paper's four:
+fis          empirical Fisher (squared per-sample gradient of the log-likelihood of the true label)
+mas          Memory Aware Synapses (absolute per-sample gradient of the squared L2 norm of the softmax output)
+si           Synaptic Intelligence (path integral of the task loss during training)
+sig          signal passed through the weight (|W| times the mean absolute input; mean activation for biases)
+
+Beyond it (the explanations the literature offers for the paper's observations):
+fis_exact    true Fisher (expectation over the model's predicted classes)
+fis_sampled  true Fisher from one label per sample drawn from the model
+fis_batched  squared gradient of a minibatch's mean loss (the shortcut many libraries call "Fisher")
+abs_fisher   absolute Fisher, E_y |∂ log p(y|x)/∂θ| (Benzing 2022: MAS approximates it)
+sos          mean of the squared minibatch gradients during training (Benzing 2022: SI ≈ √SOS)
 """
 
+from estimators.abs_fisher import AbsoluteFisher
 from estimators.base import Estimator
 from estimators.fis import EmpiricalFisher
+from estimators.fis_batched import BatchedFisher
+from estimators.fis_exact import TrueFisher
+from estimators.fis_sampled import SampledFisher
 from estimators.mas import MemoryAwareSynapses
 from estimators.si import SynapticIntelligence
 from estimators.sig import SignalImportance
+from estimators.sos import RunningSquaredGradients
 
 ESTIMATORS: dict[str, type[Estimator]] = {
     "fis": EmpiricalFisher,
     "mas": MemoryAwareSynapses,
     "si": SynapticIntelligence,
     "sig": SignalImportance,
+    "fis_exact": TrueFisher,
+    "fis_sampled": SampledFisher,
+    "fis_batched": BatchedFisher,
+    "abs_fisher": AbsoluteFisher,
+    "sos": RunningSquaredGradients,
 }
 
-__all__ = ["ESTIMATORS", "Estimator", "EmpiricalFisher", "MemoryAwareSynapses", "SynapticIntelligence",
-           "SignalImportance"]
+__all__ = ["ESTIMATORS", "Estimator", "AbsoluteFisher", "BatchedFisher", "EmpiricalFisher", "MemoryAwareSynapses",
+           "RunningSquaredGradients", "SampledFisher", "SignalImportance", "SynapticIntelligence", "TrueFisher"]

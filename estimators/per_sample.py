@@ -9,11 +9,16 @@ elementwise power of the per-sample gradient, summed over samples, is then a sin
 
 This is the identity BackPACK uses for its per-sample second moments; here p = 2 gives the empirical Fisher
 and p = 1 gives MAS.
+
+An expectation over the model's own labels keeps the structure: with δ_{n,y} the gradient for class y,
+Σ_y p_{n,y} |δ_{n,y,i} x_nj|^p = (Σ_y p_{n,y} |δ_{n,y,i}|^p) · |x_nj|^p, so one backward pass per class and
+still one matrix product per layer (expected_per_sample_moment).
 """
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -79,4 +84,31 @@ def per_sample_gradient_moment(
             sums[f"{name}.weight"] += d_p.T @ a_p
             if layer.bias is not None:
                 sums[f"{name}.bias"] += d_p.sum(0)
+    return {k: v / len(x) for k, v in sums.items()}
+
+
+def expected_per_sample_moment(model: nn.Module, x: Tensor, power: int, batch_size: int = 1000) -> dict[str, Tensor]:
+    """mean_n Σ_y p(y|x_n) |∂ log p(y|x_n) / ∂θ|^power for every parameter θ, p the model's softmax.
+
+    p weights the classes and is not differentiated: it is the distribution the labels are drawn from, not
+    part of the log-likelihood whose gradient is taken.
+    """
+    layers = linear_layers(model)
+    sums = {f"{name}.{kind}": torch.zeros_like(getattr(layer, kind))
+            for name, layer in layers for kind in ("weight", "bias") if getattr(layer, kind) is not None}
+    for start in range(0, len(x), batch_size):
+        out, inputs, outputs = forward_capturing(model, x[start:start + batch_size])
+        log_p = F.log_softmax(out, dim=1)
+        p = log_p.detach().exp()
+        classes = p.shape[1]
+        # w[n, i] = Σ_y p_{n,y} |δ_{n,y,i}|^power, built class by class so that only one set of δ is alive
+        weights = [torch.zeros_like(z) for z in outputs]
+        for c in range(classes):
+            deltas = torch.autograd.grad(log_p[:, c].sum(), outputs, retain_graph=c < classes - 1)
+            for w, d in zip(weights, deltas):
+                w.addcmul_(p[:, c:c + 1], magnitude(d, power))
+        for (name, layer), a, w in zip(layers, inputs, weights):
+            sums[f"{name}.weight"] += w.T @ magnitude(a.detach(), power)
+            if layer.bias is not None:
+                sums[f"{name}.bias"] += w.sum(0)
     return {k: v / len(x) for k, v in sums.items()}

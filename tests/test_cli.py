@@ -60,5 +60,6 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path):
                           text=True, env=env, timeout=120)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        "benchmark: error: unknown driver 'ewc' (choose from all, none, fis, mas, si, sig)"]
+        "benchmark: error: unknown driver 'ewc' (choose from paper, all, none, fis, mas, si, sig, fis_exact, "
+        "fis_sampled, fis_batched, abs_fisher, sos)"]
     assert not (tmp_path / "mlflow.db").exists()

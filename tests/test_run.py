@@ -20,11 +20,11 @@ from benchmark.correlations import COLUMNS
 from benchmark.loop import make_estimators
 from benchmark.model import make_mlp
 from benchmark.scenario import draw_permutations, make_scenario, make_splits
+from estimators import ESTIMATORS
 from tests.conftest import DATA_DIR
 from tests.reference import accuracy
 
 PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
-ESTIMATORS = ["fis", "mas", "si", "sig"]
 
 
 def run_cli(*args, uri, env_extra=None):
@@ -103,8 +103,10 @@ def test_correlations_table(smoke_store):
     _, _, root = child(smoke_store, "mas")
     c = pd.read_csv(root / "correlations.csv")
     assert list(c.columns) == COLUMNS
-    # 3 tasks × 3 layers × {weight, bias, all} × {accumulated, increment} × (6 pairs + 2 derived) × 2 methods
-    assert len(c) == 3 * 3 * 3 * 2 * 8 * 2
+    # 3 tasks × 3 layers × {weight, bias, all} × {accumulated, increment} × (6 paper pairs + 7 more)
+    # × {pearson, spearman, jaccard_top10}
+    assert len(c) == 3 * 3 * 3 * 2 * 13 * 3
+    assert set(c["method"]) == {"pearson", "spearman", "jaccard_top10"}
     assert set(c["layer"]) == {"fc1", "fc2", "fc3"} and set(c["kind"]) == {"accumulated", "increment"}
     assert set(zip(c.estimator_a, c.estimator_b)) >= {("fis", "mas"), ("fis", "mas^2"), ("sqrt(fis)", "mas")}
     assert c["value"].dropna().between(-1 - 1e-9, 1 + 1e-9).all()
@@ -139,11 +141,14 @@ def test_stored_importances_are_each_tasks_own(smoke_store, mnist):
         model = make_mlp(config.model)
         model.load_state_dict(load_file(root / f"tasks/task_{t:02d}/state_dict.safetensors"))
         x, y = scenario.inputs(scenario.importance, t), scenario.importance.y
-        for name in ("fis", "mas", "sig"):  # recomputable from the stored parameters alone
+        for name in ("fis", "mas", "sig", "fis_exact", "fis_sampled", "fis_batched", "abs_fisher"):
+            # recomputable from the stored parameters alone (fis_sampled: from the run's seed and the task)
+            estimators[name].begin_task(model)
             recomputed = estimators[name].importance(model, x, y)
             for p in PARAMS:
                 torch.testing.assert_close(stored[f"{name}.{p}"], recomputed[p].float(), rtol=1e-5, atol=1e-9)
         assert all(stored[f"si.{p}"].abs().sum() > 0 for p in PARAMS)  # SI saw real parameter changes
+        assert all(stored[f"sos.{p}"].min() >= 0 and stored[f"sos.{p}"].sum() > 0 for p in PARAMS)
 
 
 def test_default_stores_importances_of_the_last_task_only(store_uri):
