@@ -55,11 +55,11 @@ def layer_vectors(importance: dict[str, Tensor]) -> dict[tuple[str, str], np.nda
     return vectors
 
 
-def average_ranks(v: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank (scipy's rankdata 'average'), from one unstable argsort:
-    the order among equal values does not matter once they share a rank. Sorting the float32 importances as
-    they are is exact (float64 would give the same order) and twice as fast."""
-    order = np.argsort(v)
+def average_ranks(v: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (scipy's rankdata 'average'), from one unstable argsort
+    (order, if the caller has it): the order among equal values does not matter once they share a rank.
+    Sorting the float32 importances as they are is exact (float64 would give the same order) and twice as fast."""
+    order = np.argsort(v) if order is None else order
     ordered = v[order]
     first_of_run = np.empty(len(v), dtype=bool)
     first_of_run[:1] = True
@@ -80,11 +80,11 @@ def standardised(v: np.ndarray) -> np.ndarray | None:
     return centred / norm if norm > 0 else None
 
 
-def top_k_mask(v: np.ndarray, percent: float) -> np.ndarray:
-    """The ⌈percent·n/100⌉ largest entries (at least one); among equal values at the cut, an arbitrary choice."""
-    k = max(1, math.ceil(len(v) * percent / 100))
+def top_k_mask(v: np.ndarray, percent: float, order: np.ndarray | None = None) -> np.ndarray:
+    """The ⌈percent·n/100⌉ largest entries (at least one); among equal values at the cut, the argsort's choice."""
+    order = np.argsort(v) if order is None else order
     mask = np.zeros(len(v), dtype=bool)
-    mask[np.argpartition(v, len(v) - k)[len(v) - k:]] = True
+    mask[order[len(v) - max(1, math.ceil(len(v) * percent / 100)):]] = True
     return mask
 
 
@@ -98,18 +98,25 @@ def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tens
             vectors[name] = {key: transform(v.astype(np.float64)) for key, v in vectors[base].items()}
     units: dict[tuple, np.ndarray | None] = {}
     masks: dict[tuple, np.ndarray] = {}
+    orders: dict[tuple, np.ndarray] = {}
+
+    def order(est: str, key: tuple[str, str]) -> np.ndarray:
+        # one argsort per importance vector serves its ranks and its top-k set (a derived one has its source's)
+        if (source(est), key) not in orders:
+            orders[(source(est), key)] = np.argsort(vectors[source(est)][key])
+        return orders[(source(est), key)]
 
     def unit(est: str, key: tuple[str, str], method: str) -> np.ndarray | None:
         # Spearman is Pearson on average ranks; a derived importance has its source's ranks
         name = est if method == "pearson" else source(est)
         if (name, key, method) not in units:
             v = vectors[name][key]
-            units[(name, key, method)] = standardised(v if method == "pearson" else average_ranks(v))
+            units[(name, key, method)] = standardised(v if method == "pearson" else average_ranks(v, order(name, key)))
         return units[(name, key, method)]
 
     def mask(est: str, key: tuple[str, str]) -> np.ndarray:
         if (source(est), key) not in masks:
-            masks[(source(est), key)] = top_k_mask(vectors[source(est)][key], top_k_percent)
+            masks[(source(est), key)] = top_k_mask(vectors[source(est)][key], top_k_percent, order(est, key))
         return masks[(source(est), key)]
 
     rows = []
