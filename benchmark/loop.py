@@ -86,8 +86,9 @@ class TaskResult:
     seconds: float
 
 
-def make_estimators(config: Config, seed: int = 0) -> dict[str, Estimator]:
-    """Every estimator, each configured from the protocol; seed: the run's (fis_sampled draws labels from it)."""
+def make_estimators(config: Config, seed: int = 0, driver: str = "none") -> dict[str, Estimator]:
+    """The estimators the protocol observes, and the driver's, each configured from the protocol, in the
+    registry's order; seed: the run's (fis_sampled draws labels from it)."""
     e = config.estimators
     options = {
         "fis": {"batch_size": e.batch_size},
@@ -100,7 +101,7 @@ def make_estimators(config: Config, seed: int = 0) -> dict[str, Estimator]:
         "abs_fisher": {"batch_size": e.batch_size},
         "sos": {},
     }
-    return {name: cls(**options[name]) for name, cls in ESTIMATORS.items()}
+    return {name: cls(**options[name]) for name, cls in ESTIMATORS.items() if name in e.observe or name == driver}
 
 
 def accumulate(accumulated: Importances, increments: Importances, config: Config) -> Importances:
@@ -131,7 +132,7 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: P
     model = make_mlp(config.model).to(device)
     optimizer = make_optimizer(config, model)  # one optimiser across tasks, as in the author's code
     shuffle = torch.Generator().manual_seed(seed)
-    estimators = make_estimators(config, seed)
+    estimators = make_estimators(config, seed, driver)
     penalty = Penalty(lam if driver != "none" else 0.0)
     names = [name for name, _ in model.named_parameters()]
     accumulated: Importances = {}

@@ -51,3 +51,19 @@ def test_bad_accumulation_settings_are_rejected(tmp_path, key, value):
     path.write_text(f"[estimators]\n{key} = {value!r}\n".replace("'", '"'))
     assert main(["run", "--config", str(path), "--tracking-uri", f"sqlite:///{tmp_path}/never/m.db"]) == 2
     assert not (tmp_path / "never").exists()
+
+
+def test_the_protocol_chooses_which_estimators_observe_and_the_driver_always_does():
+    from benchmark.loop import make_estimators
+
+    paper = load_config("paper")
+    assert list(make_estimators(paper)) == ["fis", "mas", "si", "sig"]
+    assert list(make_estimators(paper, driver="sos")) == ["fis", "mas", "si", "sig", "sos"]
+    assert len(make_estimators(load_config("quick"))) == 9
+
+
+def test_unknown_observed_estimator_is_rejected(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[estimators]\nobserve = ["fis", "ewc"]\n')
+    assert main(["run", "--config", str(path), "--tracking-uri", f"sqlite:///{tmp_path}/never/m.db"]) == 2
+    assert not (tmp_path / "never").exists()
