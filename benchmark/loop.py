@@ -51,13 +51,17 @@ class Penalty:
     def active(self) -> bool:
         return self.lam != 0 and bool(self.omega)
 
-    def add_gradient(self, params: list[Tensor]) -> None:
-        """p.grad += 2λΩ(θ − θ*) for every parameter."""
+    def add_gradient(self, params: list[Tensor], out: list[Tensor] | None = None) -> None:
+        """p.grad += 2λΩ(θ − θ*) for every parameter; with out, the sum goes there and p.grad is left as it was."""
         if not self.active:
             return
         for diff, p, anchor in zip(self.diff, params, self.anchor):
             torch.sub(p.detach(), anchor, out=diff)
-        torch._foreach_addcmul_([p.grad for p in params], self.omega, self.diff, value=2 * self.lam)
+        if out is None:
+            torch._foreach_addcmul_([p.grad for p in params], self.omega, self.diff, value=2 * self.lam)
+            return
+        for total, p, omega, diff in zip(out, params, self.omega, self.diff):
+            torch.addcmul(p.grad, omega, diff, value=2 * self.lam, out=total)
 
     def value(self, params: list[Tensor]) -> float:
         return self.values(params, 1)[0]
@@ -193,11 +197,12 @@ def train_task(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y:
 
 @dataclass
 class StepBuffers:
-    """What the step observers (SI) get besides p.grad, in buffers allocated once per task: a fresh megabyte
+    """What the step observers (SI, SOS) get besides p.grad, in buffers allocated once per task: a fresh megabyte
     per step costs a CPU more than the copy into it."""
 
     values: list[Tensor]  # the parameters, detached (views that follow every update)
-    task_grads: list[Tensor]  # the task gradient, kept apart only while a penalty adds to p.grad
+    total_grads: list[Tensor]  # task + penalty gradient, while a penalty is active: it becomes p.grad, so that
+    # the task gradient autograd produced stays as it is for SI, without a copy
     step_change: list[Tensor]  # θ after the step − θ before it
 
     @staticmethod
@@ -205,7 +210,7 @@ class StepBuffers:
         observed = bool(step_observers)
         return StepBuffers(
             values=[p.detach() for p in params],
-            task_grads=[torch.empty_like(p) for p in params] if observed and penalty.active else [],
+            total_grads=[torch.empty_like(p) for p in params] if observed and penalty.active else [],
             step_change=[torch.empty_like(p) for p in params] if observed else [],
         )
 
@@ -222,16 +227,18 @@ def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Op
         penalty.add_gradient(params)
         optimizer.step()
         return task_loss.detach()
-    grads = [p.grad for p in params]
-    if buffers.task_grads:
-        torch._foreach_copy_(buffers.task_grads, grads)
-    penalty.add_gradient(params)
+    task_grads = [p.grad for p in params]
+    if buffers.total_grads:
+        penalty.add_gradient(params, out=buffers.total_grads)
+        for p, total in zip(params, buffers.total_grads):
+            p.grad = total
     torch._foreach_copy_(buffers.step_change, buffers.values)
     optimizer.step()
     for change, value in zip(buffers.step_change, buffers.values):
         torch.sub(value, change, out=change)
+    total_grads = [p.grad for p in params]
     for observer in step_observers:
-        observer.observe_step(buffers.task_grads or grads, grads, buffers.step_change)
+        observer.observe_step(task_grads, total_grads, buffers.step_change)
     return task_loss.detach()
 
 
