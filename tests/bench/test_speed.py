@@ -28,7 +28,8 @@ PAPER = load_config("paper")
 # in each benchmark's extra_info either way.
 TARGET_IMPORTANCE_SPEEDUP, GUARD_IMPORTANCE_SPEEDUP = 100, 30  # measured 37–53×
 TARGET_SI_STEP_RATIO, GUARD_SI_STEP_RATIO = 1.05, 1.30  # measured 1.08–1.18
-TARGET_RUN_RATIO = 1.15  # met by the paper protocol: enforced as it is
+TARGET_RUN_RATIO = 1.15  # met by the paper protocol without a penalty (0.99–1.02): enforced as it is
+GUARD_PENALTY_RUN_RATIO = 1.25  # with a penalty 1.07–1.15 in five runs: at the target's edge, guarded above it
 GUARD_QUICK_RUN_RATIO = 4.0  # the quick protocol trains 200 steps a task, fewer than its evaluation costs
 
 
@@ -136,7 +137,7 @@ class BareLoopBetweenTasks:
 
 
 @pytest.mark.parametrize("protocol, driver, limit", [("paper", "none", TARGET_RUN_RATIO),
-                                                     ("paper", "mas", TARGET_RUN_RATIO),
+                                                     ("paper", "mas", GUARD_PENALTY_RUN_RATIO),
                                                      ("quick", "mas", GUARD_QUICK_RUN_RATIO)])
 def test_run_vs_bare_loop(benchmark, mnist, store_uri, protocol, driver, limit):
     """P1: a whole cell — every estimator observed, the driver's penalty, evaluation of all tasks on the test and
@@ -161,7 +162,8 @@ def test_run_vs_bare_loop(benchmark, mnist, store_uri, protocol, driver, limit):
 
     full, bare = benchmark.pedantic(cell, rounds=1, iterations=1)
     ratio = full / bare
-    benchmark.extra_info.update(cell_seconds=full, bare_seconds=bare, ratio_vs_bare=ratio)
+    benchmark.extra_info.update(cell_seconds=full, bare_seconds=bare, ratio_vs_bare=ratio,
+                                target_met=ratio <= TARGET_RUN_RATIO)
     print(f"\n{protocol} {driver}: cell {full:.1f} s, bare loop {bare:.1f} s, ratio {ratio:.3f}")
     assert ratio <= limit, f"a {protocol}-protocol {driver} cell costs {ratio:.2f}× the bare loop"
 
