@@ -80,11 +80,12 @@ def standardised(v: np.ndarray) -> np.ndarray | None:
     return centred / norm if norm > 0 else None
 
 
-def top_k_mask(v: np.ndarray, percent: float, order: np.ndarray | None = None) -> np.ndarray:
-    """The ⌈percent·n/100⌉ largest entries (at least one); among equal values at the cut, the argsort's choice."""
-    order = np.argsort(v) if order is None else order
-    mask = np.zeros(len(v), dtype=bool)
-    mask[order[len(v) - max(1, math.ceil(len(v) * percent / 100)):]] = True
+def top_k_mask(order: np.ndarray, percent: float) -> np.ndarray:
+    """The ⌈percent·n/100⌉ largest entries (at least one) of the vector whose argsort is order; among equal
+    values at the cut, the argsort's choice."""
+    n = len(order)
+    mask = np.zeros(n, dtype=bool)
+    mask[order[n - max(1, math.ceil(n * percent / 100)):]] = True
     return mask
 
 
@@ -116,7 +117,7 @@ def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tens
 
     def mask(est: str, key: tuple[str, str]) -> np.ndarray:
         if (source(est), key) not in masks:
-            masks[(source(est), key)] = top_k_mask(vectors[source(est)][key], top_k_percent, order(est, key))
+            masks[(source(est), key)] = top_k_mask(order(est, key), top_k_percent)
         return masks[(source(est), key)]
 
     rows = []

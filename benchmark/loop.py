@@ -1,7 +1,7 @@
 """One (driver, seed) cell of the experiment: train the tasks in order, estimate importances after each.
 
-Reads top to bottom: run_sequence → train_task → train_step. Every estimator observes every run; only the
-driver's importances enter the penalty.
+Reads top to bottom: run_sequence → train_task → train_step. The protocol's estimators (estimators.observe)
+observe every run; only the driver's importances enter the penalty.
 """
 
 import math

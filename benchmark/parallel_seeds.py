@@ -78,10 +78,10 @@ def run_sequences(config: Config, driver: str, lam: float, seeds: list[int], sce
     optimizer = make_optimizer(config, stack)
     shuffles = [torch.Generator().manual_seed(seed) for seed in seeds]
     # step observers see the joint parameter list; the other estimators, one set per seed, that seed's MLP
-    observers = [e for e in make_estimators(config, driver=driver).values() if e.observes_steps]
+    shared = make_estimators(config, driver=driver)
+    observers = [e for e in shared.values() if e.observes_steps]
     own = [{name: e for name, e in make_estimators(config, seed, driver).items() if not e.observes_steps}
            for seed in seeds]
-    order = list(make_estimators(config, driver=driver))
     penalty = Penalty(lam if driver != "none" else 0.0)
     names = [name for name, _ in models[0].named_parameters()]
     accumulated: list[Importances] = [{} for _ in seeds]
@@ -106,7 +106,7 @@ def run_sequences(config: Config, driver: str, lam: float, seeds: list[int], sce
             x_imp, y_imp = scenario.inputs(scenario.importance, task), scenario.importance.y
             increments = {name: e.importance(model, x_imp, y_imp) for name, e in own[k].items()}
             increments.update({name: {n: values[f"seeds.{k}.{n}"] for n in names} for name, values in observed.items()})
-            increments = {name: increments[name] for name in order}  # the registry's order, as run_sequence
+            increments = {name: increments[name] for name in shared}  # the registry's order, as run_sequence
             accumulated[k] = accumulate(accumulated[k], increments, config)
             permutations = torch.from_numpy(scenario.permutations)
             results.append(TaskResult(
