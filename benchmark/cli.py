@@ -8,8 +8,9 @@ import shlex
 import signal
 import sys
 
-from benchmark.config import DATASETS, DRIVERS, PAPER_DRIVERS, PROTOCOLS, Config, load_config
+from benchmark.config import DATASETS, DRIVERS, ESTIMATOR_DRIVERS, PAPER_DRIVERS, PROTOCOLS, Config, load_config
 from benchmark.errors import UsageError
+from benchmark.lambdas import MIN_TUNED_TRIALS, SOURCES
 
 DATA_DIR_ENV = "BENCHMARK_DATA_DIR"
 
@@ -32,14 +33,19 @@ def int_at_least(minimum: int):
     return parse
 
 
+# for messages: every driver but none, and all of them
+PENALISED = f"{', '.join(ESTIMATOR_DRIVERS[1:])}, or a control: uniform, shuffled-<estimator>, layermean-<estimator>"
+DRIVER_CHOICES = f"none, {PENALISED}"
+
+
 def parse_drivers(text: str) -> list[str]:
     if text in ("paper", "all"):
-        return list(PAPER_DRIVERS if text == "paper" else DRIVERS)
+        return list(PAPER_DRIVERS if text == "paper" else ESTIMATOR_DRIVERS)
     drivers = [d.strip() for d in text.split(",") if d.strip()]
     unknown = [d for d in drivers if d not in DRIVERS]
     if unknown or not drivers:
         raise UsageError(f"unknown driver {unknown[0] if unknown else text!r} "
-                         f"(choose from paper, all, {', '.join(DRIVERS)})")
+                         f"(choose from paper, all, {DRIVER_CHOICES})")
     return list(dict.fromkeys(drivers))
 
 
@@ -52,7 +58,7 @@ def parse_lambdas(text: str) -> dict[str, float]:
         if not sep or not name:
             raise UsageError(f"--lambda expects estimator=value[,estimator=value…], got {item!r}")
         if name not in DRIVERS or name == "none":
-            raise UsageError(f"--lambda: unknown estimator {name!r} (choose from {', '.join(DRIVERS[1:])})")
+            raise UsageError(f"--lambda: unknown driver {name!r} (choose from {PENALISED})")
         try:
             lam = float(value)
         except ValueError:
@@ -88,12 +94,17 @@ def make_parser() -> Parser:
                         "(default $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.journal)")
 
     run = commands.add_parser("run", parents=[training, stores], help="train every (driver, seed), record it in MLflow")
-    run.add_argument("--drivers", default="paper", help=f"comma list of {', '.join(DRIVERS)}; paper (the default): "
-                     f"{', '.join(PAPER_DRIVERS)}; all: every one (the others need a λ: --lambda or tune)")
+    run.add_argument("--drivers", default="paper", help=f"comma list of {DRIVER_CHOICES}; paper (the default): "
+                     f"{', '.join(PAPER_DRIVERS)}; all: every estimator (the others need a λ: --lambda or tune)")
     run.add_argument("--seeds", type=int_at_least(1), default=1, help="number of seeds (default 1)")
     run.add_argument("--first-seed", type=int_at_least(0), default=0, help="seeds are first-seed … first-seed+seeds-1")
-    run.add_argument("--lambda", dest="lambdas", metavar="EST=VALUE,…",
-                     help="override λ, e.g. mas=4.5,fis=41 (default: tuned if a study exists, else the protocol's)")
+    run.add_argument("--lambda", dest="lambdas", metavar="DRIVER=VALUE,…",
+                     help="λ per driver, e.g. mas=4.5,fis=41: wins over every other source")
+    run.add_argument("--lambda-source", choices=SOURCES, default="auto",
+                     help="auto (default): a tuned λ from a study of at least --min-tuned-trials complete trials, "
+                          "else the protocol's; tuned: every driver's study, however small; protocol: the protocol's")
+    run.add_argument("--min-tuned-trials", type=int_at_least(1), default=MIN_TUNED_TRIALS, metavar="N",
+                     help=f"with --lambda-source auto, smaller studies are ignored (default {MIN_TUNED_TRIALS})")
     run.add_argument("--log-importances", choices=["final", "all", "none"], default="final",
                      help="which tasks' importances are stored as artifacts (default final)")
     run.add_argument("--parallel-seeds", type=int_at_least(1), default=1, metavar="K",
@@ -101,7 +112,7 @@ def make_parser() -> Parser:
                           "the same results, no faster (default 1)")
 
     tune = commands.add_parser("tune", parents=[training, stores], help="find λ per driver with Optuna")
-    tune.add_argument("--driver", default=None, help=f"one of {', '.join(DRIVERS[1:])}, or all")
+    tune.add_argument("--driver", default=None, help=f"one of {PENALISED}; or all estimators")
     tune.add_argument("--trials", type=int_at_least(1), default=20, help="trials this process runs (default 20)")
     tune.add_argument("--tuning-seeds", type=int_at_least(1), default=1,
                       help="seeds per trial, from 10000 on: never the seeds run reports (default 1)")
@@ -157,21 +168,17 @@ def open_store(args, must_exist: bool = False):
         raise UsageError(str(e)) from None
 
 
-def resolve_lambdas(config: Config, args) -> dict:
-    """λ per driver: the protocol's, replaced by a tuned one where a study has it, replaced by --lambda."""
-    from benchmark.experiment import Lambda
-    from benchmark.tuning import open_storage, resolve_storage, study_name, tuned_lambda
+def resolve_lambdas(config: Config, drivers: list[str], args) -> tuple[dict, list[str]]:
+    """λ per penalised driver (benchmark.lambdas), and the lines that say where each came from."""
+    from benchmark.lambdas import provenance, resolve_lambdas
+    from benchmark.tuning import open_storage, resolve_storage
 
     user = parse_lambdas(args.lambdas) if args.lambdas else {}  # bad λ is reported before any storage is opened
-    source = "config" if args.config else "default"
-    lambdas = {name: Lambda(value, source) for name, value in config.penalty.lambda_.items()}
-    storage = open_storage(resolve_storage(args.storage), create=False)
-    for driver in DRIVERS[1:]:
-        tuned = tuned_lambda(storage, driver, config.protocol, config.data.dataset)
-        if tuned is not None:
-            lambdas[driver] = Lambda(tuned, "tuned", study_name(driver, config.protocol, config.data.dataset))
-    lambdas.update({name: Lambda(value, "user") for name, value in user.items()})
-    return lambdas
+    storage = None if args.lambda_source == "protocol" else open_storage(resolve_storage(args.storage), create=False)
+    lambdas, notes = resolve_lambdas(config, drivers, user, args.lambda_source, storage, from_file=bool(args.config),
+                                     min_tuned_trials=args.min_tuned_trials)
+    return lambdas, [provenance(driver, lam, config.protocol) for driver, lam in lambdas.items()] + \
+        [f"note: {note}" for note in notes]
 
 
 def command_run(args) -> int:
@@ -179,14 +186,11 @@ def command_run(args) -> int:
 
     config = read_config(args)
     drivers = parse_drivers(args.drivers)
-    lambdas = resolve_lambdas(config, args)
-    missing = [d for d in drivers if d != "none" and d not in lambdas]
-    if missing:
-        raise UsageError(f"no λ for driver {missing[0]!r}: tune it (python -m benchmark tune --driver {missing[0]}), "
-                         "add it to [penalty] lambda or pass --lambda")
+    lambdas, provenance = resolve_lambdas(config, drivers, args)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     splits = load_data(config, args)
     store = open_store(args)
+    print("\n".join(provenance), file=sys.stderr)  # after every check of the input, before the first cell
     statuses, reused = run_sweep(store, config, drivers, seeds, lambdas, splits, args.log_importances,
                                  command_line(), args.parallel_seeds)
     failed = [f"{d}/seed {s}" for (d, s), status in statuses.items() if status != "FINISHED"]
@@ -214,10 +218,13 @@ def command_tune(args) -> int:
         return 0
     if args.driver is None:
         raise UsageError("tune needs --driver (or --show)")
-    drivers = list(DRIVERS[1:]) if args.driver == "all" else [args.driver]
+    drivers = list(ESTIMATOR_DRIVERS[1:]) if args.driver == "all" else [args.driver]
     if drivers[0] not in DRIVERS[1:]:
-        raise UsageError(f"unknown driver {args.driver!r} to tune (choose from all, {', '.join(DRIVERS[1:])})")
+        raise UsageError(f"unknown driver {args.driver!r} to tune (choose from all, {PENALISED})")
     config = read_config(args)
+    if not config.data.validation_images:
+        raise UsageError(f"tune: protocol {config.protocol} has no validation split (data.validation_images = 0): "
+                         "tuning on it would read the test set; tune on a protocol with one (e.g. paper)")
     storage = tuning.open_storage(storage_url)
     splits = load_data(config, args)
     store = open_store(args)

@@ -12,12 +12,15 @@ else:  # pragma: no cover
 
 from benchmark.errors import UsageError
 from estimators import ESTIMATORS
+from estimators.controls import control_names
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 PROTOCOLS = sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
 DATASETS = ("mnist", "fashion-mnist")  # whose pixels are permuted: both 60k + 10k grey 28×28 images, 10 classes
-# whose importances drive the penalty; "none": plain fine-tuning, no penalty
-DRIVERS = ("none", *ESTIMATORS)
+# whose importances drive the penalty; "none": plain fine-tuning, no penalty; `--drivers all` is every estimator
+ESTIMATOR_DRIVERS = ("none", *ESTIMATORS)
+CONTROLS = control_names(ESTIMATORS)  # uniform, shuffled-<est>, layermean-<est> (estimators/controls.py)
+DRIVERS = (*ESTIMATOR_DRIVERS, *CONTROLS)
 PAPER_DRIVERS = ("none", "fis", "mas", "si", "sig")  # `run --drivers paper`, the default
 MNIST_TRAIN_IMAGES = 60000
 
@@ -29,6 +32,9 @@ class DataConfig:
     train_images: int = 55000
     validation_images: int = 5000
     importance_samples: int = 5000
+    # "validation": the first importance_samples validation images (held out); "train": the last
+    # importance_samples training images, trained on (the author's code; its protocol has no validation split)
+    importance_from: str = "validation"
     test_images: int = 10000
 
 
@@ -172,11 +178,14 @@ def _validate(c: Config, source: str) -> None:
     d = c.data
     need(d.dataset in DATASETS, f"data.dataset = {d.dataset!r}: choose from {', '.join(DATASETS)}")
     need(d.tasks >= 1, "data.tasks must be at least 1")
-    need(d.train_images >= 1 and d.validation_images >= 1, "data.train_images and validation_images must be ≥ 1")
+    need(d.importance_from in ("validation", "train"), "data.importance_from must be 'validation' or 'train'")
+    need(d.train_images >= 1 and d.validation_images >= (1 if d.importance_from == "validation" else 0),
+         "data.train_images must be ≥ 1, data.validation_images ≥ 1 (≥ 0 with importance_from = 'train')")
     need(d.train_images + d.validation_images <= MNIST_TRAIN_IMAGES,
          f"data.train_images + data.validation_images must not exceed {MNIST_TRAIN_IMAGES}")
-    need(1 <= d.importance_samples <= d.validation_images,
-         "data.importance_samples must be between 1 and data.validation_images")
+    importance_pool = d.validation_images if d.importance_from == "validation" else d.train_images
+    need(1 <= d.importance_samples <= importance_pool,
+         f"data.importance_samples must be between 1 and data.{d.importance_from}_images")
     need(1 <= d.test_images <= 10000, "data.test_images must be between 1 and 10000")
     need(len(c.model.hidden) >= 1 and all(h >= 1 for h in c.model.hidden), "model.hidden must be positive sizes")
     need(c.model.leaky_relu_slope >= 0, "model.leaky_relu_slope must be ≥ 0")

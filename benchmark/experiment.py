@@ -7,7 +7,6 @@ import json
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +17,12 @@ from tqdm import tqdm
 from benchmark import __version__
 from benchmark.config import Config
 from benchmark.correlations import COLUMNS, correlation_rows
+from benchmark.lambdas import Lambda
 from benchmark.loop import Diverged, TaskResult, run_sequence
 from benchmark.metrics import average_accuracy, backward_transfer, forgetting
 from benchmark.parallel_seeds import run_sequences
 from benchmark.scenario import PermutedMNIST, Splits, make_scenario
 from tracking import Run, Store
-
-
-@dataclass(frozen=True)
-class Lambda:
-    value: float
-    source: str  # "default" (a shipped protocol), "config" (your --config file), "tuned" or "user" (--lambda)
-    study: str = ""  # the Optuna study a tuned λ comes from
 
 
 def experiment_name(config: Config) -> str:
@@ -155,12 +148,14 @@ class CellRecord:
         run, t = self.run, result.task
         self.test_rows.append(result.test_accuracy)
         self.validation_rows.append(result.validation_accuracy)
+        validation = {"val_acc": average_accuracy(np.array(self.validation_rows)),
+                      **{f"val_acc_task_{j}": a for j, a in enumerate(result.validation_accuracy)}} \
+            if result.validation_accuracy else {}  # none in a protocol without a validation split
         run.log_metrics({
             "test_acc": average_accuracy(np.array(self.test_rows)),
-            "val_acc": average_accuracy(np.array(self.validation_rows)),
             "task_seconds": result.seconds,
             **{f"test_acc_task_{j}": a for j, a in enumerate(result.test_accuracy)},
-            **{f"val_acc_task_{j}": a for j, a in enumerate(result.validation_accuracy)},
+            **validation,
         }, step=t)
         for loss, penalty in zip(result.epoch_losses, result.epoch_penalties):
             run.log_metrics({"train_loss": loss, "penalty": penalty}, step=self.global_epoch)
@@ -178,16 +173,19 @@ class CellRecord:
 
     def finish(self) -> str:
         run, columns = self.run, [f"task_{j}" for j in range(self.scenario.tasks)]
-        for rows, path in ((self.test_rows, "accuracy_matrix.csv"),
-                           (self.validation_rows, "validation_accuracy_matrix.csv")):
+        has_validation = bool(self.validation_rows[0])
+        matrices = [(self.test_rows, "accuracy_matrix.csv")]
+        matrices += [(self.validation_rows, "validation_accuracy_matrix.csv")] if has_validation else []
+        for rows, path in matrices:
             table = pd.DataFrame(rows, columns=columns)
             table.insert(0, "after_task", range(len(rows)))
             run.log_text(table.to_csv(index=False), path)
         run.log_text(pd.DataFrame(self.correlations, columns=COLUMNS).to_csv(index=False), "correlations.csv")
         R, V = np.array(self.test_rows), np.array(self.validation_rows)
+        validation = {"val_ACC": average_accuracy(V), "val_BWT": backward_transfer(V),
+                      "val_forgetting": forgetting(V)} if has_validation else {}
         run.log_metrics({"ACC": average_accuracy(R), "BWT": backward_transfer(R), "forgetting": forgetting(R),
-                         "val_ACC": average_accuracy(V), "val_BWT": backward_transfer(V),
-                         "val_forgetting": forgetting(V)}, step=self.scenario.tasks - 1)
+                         **validation}, step=self.scenario.tasks - 1)
         run.finish("FINISHED")
         return "FINISHED"
 

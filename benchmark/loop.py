@@ -17,6 +17,7 @@ from benchmark.config import Config
 from benchmark.model import make_mlp
 from benchmark.scenario import PermutedMNIST, Split
 from estimators import ESTIMATORS, Estimator
+from estimators.controls import Control, base_estimator
 
 Importances = dict[str, dict[str, Tensor]]  # estimator -> parameter name -> tensor
 
@@ -91,8 +92,8 @@ class TaskResult:
 
 
 def make_estimators(config: Config, seed: int = 0, driver: str = "none") -> dict[str, Estimator]:
-    """The estimators the protocol observes, and the driver's, each configured from the protocol, in the
-    registry's order; seed: the run's (fis_sampled draws labels from it)."""
+    """The estimators the protocol observes, and the driver's (for a control, the estimator it transforms), each
+    configured from the protocol, in the registry's order; seed: the run's (fis_sampled draws labels from it)."""
     e = config.estimators
     options = {
         "fis": {"batch_size": e.batch_size},
@@ -105,7 +106,17 @@ def make_estimators(config: Config, seed: int = 0, driver: str = "none") -> dict
         "abs_fisher": {"batch_size": e.batch_size},
         "sos": {},
     }
-    return {name: cls(**options[name]) for name, cls in ESTIMATORS.items() if name in e.observe or name == driver}
+    needed = {driver, base_estimator(driver)}
+    return {name: cls(**options[name]) for name, cls in ESTIMATORS.items() if name in e.observe or name in needed}
+
+
+def task_importances(estimators: dict[str, Estimator], control: Control | None, model: nn.Module, x: Tensor,
+                     y: Tensor) -> Importances:
+    """Each estimator's importance of the task just trained; a control driver's after them, from theirs."""
+    increments = {name: e.importance(model, x, y) for name, e in estimators.items()}
+    if control is not None:
+        increments[control.name] = control.importance(model, increments)
+    return increments
 
 
 def accumulate(accumulated: Importances, increments: Importances, config: Config) -> Importances:
@@ -137,6 +148,7 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: P
     optimizer = make_optimizer(config, model)  # one optimiser across tasks, as in the author's code
     shuffle = torch.Generator().manual_seed(seed)
     estimators = make_estimators(config, seed, driver)
+    control = Control(driver, seed) if driver not in ESTIMATORS and driver != "none" else None
     penalty = Penalty(lam if driver != "none" else 0.0)
     names = [name for name, _ in model.named_parameters()]
     accumulated: Importances = {}
@@ -151,7 +163,7 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: P
 
         model.eval()
         x_imp, y_imp = scenario.inputs(scenario.importance, task), scenario.importance.y
-        increments = {name: e.importance(model, x_imp, y_imp) for name, e in estimators.items()}
+        increments = task_importances(estimators, control, model, x_imp, y_imp)
         accumulated = accumulate(accumulated, increments, config)
         if driver != "none":
             params = list(model.parameters())
@@ -244,12 +256,15 @@ def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Op
 
 @torch.no_grad()
 def task_accuracies(model: nn.Sequential, split: Split, permutations: Tensor, chunk: int = 500) -> list[float]:
-    """The model's accuracy on every task j of the sequence, task j's images being split.x[:, permutations[j]].
+    """The model's accuracy on every task j of the sequence, task j's images being split.x[:, permutations[j]];
+    none for an empty split (a protocol without a validation split).
 
     Rather than gather ten permuted copies of the images, the first layer's weight columns are permuted —
     x[:, p] Wᵀ = x W[:, argsort(p)]ᵀ — and the first layers of all tasks run as one matrix product. Same model,
     same images; only the order of the float additions inside the first layer differs.
     """
+    if not len(split.x):
+        return []
     first, rest = model[0], model[1:]
     tasks, hidden = len(permutations), first.out_features
     inverse = permutations.argsort(dim=1).to(first.weight.device)

@@ -36,6 +36,7 @@ from benchmark.loop import (
 )
 from benchmark.model import make_mlp
 from benchmark.scenario import PermutedMNIST
+from estimators.controls import Control
 
 
 class SeedStack(nn.Module):
@@ -82,6 +83,7 @@ def run_sequences(config: Config, driver: str, lam: float, seeds: list[int], sce
     observers = [e for e in shared.values() if e.observes_steps]
     own = [{name: e for name, e in make_estimators(config, seed, driver).items() if not e.observes_steps}
            for seed in seeds]
+    controls = [Control(driver, seed) if driver not in shared and driver != "none" else None for seed in seeds]
     penalty = Penalty(lam if driver != "none" else 0.0)
     names = [name for name, _ in models[0].named_parameters()]
     accumulated: list[Importances] = [{} for _ in seeds]
@@ -107,6 +109,8 @@ def run_sequences(config: Config, driver: str, lam: float, seeds: list[int], sce
             increments = {name: e.importance(model, x_imp, y_imp) for name, e in own[k].items()}
             increments.update({name: {n: values[f"seeds.{k}.{n}"] for n in names} for name, values in observed.items()})
             increments = {name: increments[name] for name in shared}  # the registry's order, as run_sequence
+            if controls[k] is not None:
+                increments[driver] = controls[k].importance(model, increments)
             accumulated[k] = accumulate(accumulated[k], increments, config)
             permutations = torch.from_numpy(scenario.permutations)
             results.append(TaskResult(

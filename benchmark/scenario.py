@@ -2,8 +2,9 @@
 
 MNIST's 60k training images are split by index: images 0 .. train_images-1 are trained on; the last
 validation_images images (55000–59999 in the paper protocol) are the validation split, and the first
-importance_samples of those are the importance samples (the paper's author uses the last 5000 training
-images). The 10k test images give the reported accuracies. Pixels are scaled to [0, 1] (/255).
+importance_samples of those are the importance samples. The paper's author trains on all 60k and takes the last
+5000 training images, trained on, as importance samples: importance_from = "train" (the author protocol, without
+a validation split). The 10k test images give the reported accuracies. Pixels are scaled to [0, 1] (/255).
 
 Task 0 is MNIST itself; task t ≥ 1 shows every image with its pixels reordered by permutations[t]:
 permuted_image[k] = image[permutations[t][k]]. The permutations are drawn once from the run's seed (never per
@@ -34,8 +35,8 @@ class Split:
 @dataclass(frozen=True)
 class Splits:
     train: Split
-    validation: Split
-    importance: Split  # the first importance_samples images of the validation split
+    validation: Split  # empty in a protocol without one (author)
+    importance: Split  # the first importance_samples validation images, or the last training images
     test: Split
 
 
@@ -132,11 +133,14 @@ def make_splits(data: DataConfig, mnist, device: str | torch.device = "cpu") -> 
         x = images[idx].reshape(len(indices), PIXELS).to(device=device, dtype=torch.float32).div_(255.0)
         return Split(x=x, y=labels[idx].to(device=device, dtype=torch.int64), indices=indices)
 
+    train = np.arange(data.train_images)
     validation = np.arange(MNIST_TRAIN_IMAGES - data.validation_images, MNIST_TRAIN_IMAGES)
+    importance = validation[: data.importance_samples] if data.importance_from == "validation" \
+        else train[len(train) - data.importance_samples:]
     return Splits(
-        train=split(train_images, train_labels, np.arange(data.train_images)),
+        train=split(train_images, train_labels, train),
         validation=split(train_images, train_labels, validation),
-        importance=split(train_images, train_labels, validation[: data.importance_samples]),
+        importance=split(train_images, train_labels, importance),
         test=split(test_images, test_labels, np.arange(data.test_images)),
     )
 

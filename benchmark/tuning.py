@@ -20,6 +20,7 @@ import os
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import optuna
@@ -79,15 +80,25 @@ def open_storage(url: str, create: bool = True):
         raise UsageError(f"cannot open Optuna storage {redact(url)}: {redact(reason)}") from None
 
 
-def tuned_lambda(storage, driver: str, protocol: str, dataset: str = "mnist") -> float | None:
-    """The best λ of the study for (driver, protocol), or None if there is no study or no finished trial."""
+@dataclass(frozen=True)
+class TunedStudy:
+    study: str
+    best_lambda: float
+    best_value: float  # the best trial's validation accuracy
+    complete: int  # complete trials
+
+
+def tuned_study(storage, driver: str, protocol: str, dataset: str = "mnist") -> TunedStudy | None:
+    """The study for (driver, protocol) and its best λ, or None if there is no study or no finished trial."""
     if storage is None:
         return None
+    name = study_name(driver, protocol, dataset)
     try:
-        study = optuna.load_study(study_name=study_name(driver, protocol, dataset), storage=storage)
-        return float(study.best_params["lambda"])
+        study = optuna.load_study(study_name=name, storage=storage)
+        best = study.best_trial
     except (KeyError, ValueError):  # no such study; no completed trial
         return None
+    return TunedStudy(name, float(best.params["lambda"]), float(best.value), trial_counts(study)["complete"])
 
 
 def study_summaries(storage) -> list[dict]:

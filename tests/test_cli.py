@@ -19,7 +19,7 @@ from tests.conftest import DATA_DIR
     (["run", "--first-seed", "-1"], "argument --first-seed: must be ≥ 0, not -1"),
     (["run", "--lambda", "mas=-1"], "--lambda: mas=-1 must be a finite number ≥ 0"),
     (["run", "--lambda", "mas=abc"], "--lambda: mas='abc' is not a number"),
-    (["run", "--lambda", "ewc=1"], "--lambda: unknown estimator 'ewc'"),
+    (["run", "--lambda", "ewc=1"], "--lambda: unknown driver 'ewc'"),
     (["run", "--lambda", "mas4.5"], "--lambda expects estimator=value"),
     (["run", "--config", "/nonexistent/protocol.toml"], "cannot read config file /nonexistent/protocol.toml"),
     (["run", "--log-importances", "some"], "argument --log-importances: invalid choice"),
@@ -61,5 +61,6 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "benchmark: error: unknown driver 'ewc' (choose from paper, all, none, fis, mas, si, sig, fis_exact, "
-        "fis_sampled, fis_batched, abs_fisher, sos)"]
+        "fis_sampled, fis_batched, abs_fisher, sos, or a control: uniform, shuffled-<estimator>, "
+        "layermean-<estimator>)"]
     assert not (tmp_path / "mlflow.db").exists()

@@ -16,13 +16,13 @@ def small_config(epochs=2):
     return replace(smoke, training=replace(smoke.training, epochs=epochs))
 
 
-@pytest.mark.parametrize("driver", ["none", "mas", "si"])
+@pytest.mark.parametrize("driver", ["none", "mas", "si", "shuffled-mas"])
 def test_stacked_seeds_equal_sequential_seeds_bit_for_bit(mnist, driver):
     config = small_config()
     splits = make_splits(config.data, mnist)
     seeds = [3, 0, 7]
     scenarios = [make_scenario(splits, config.data.tasks, s) for s in seeds]
-    lam = config.penalty.lambda_.get(driver, 0.0)
+    lam = config.penalty.lambda_.get(driver.removeprefix("shuffled-"), 0.0)
     stacked = list(run_sequences(config, driver, lam, seeds, scenarios))
     for k, (seed, scenario) in enumerate(zip(seeds, scenarios)):
         for task, alone in enumerate(run_sequence(config, driver, lam, seed, scenario)):

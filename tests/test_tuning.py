@@ -87,9 +87,9 @@ def test_tuning_records_curves_and_best_lambda_and_run_uses_it(tmp_path, store_u
     history = MlflowClient(store_uri).get_metric_history(trial_runs[0].id, "val_acc")
     assert [m.step for m in history] == [0, 1, 2]
 
-    # run picks the tuned λ; --lambda still wins
-    assert main(["run", "--protocol", "smoke", "--drivers", "sig,mas", "--storage", storage,
-                 "--tracking-uri", store_uri, "--data-dir", DATA_DIR, "--lambda", "mas=3"]) == 0
+    # run picks the tuned λ (a 2-trial study: only when asked to); --lambda still wins
+    assert main(["run", "--protocol", "smoke", "--drivers", "sig,mas", "--storage", storage, "--lambda-source",
+                 "tuned", "--tracking-uri", store_uri, "--data-dir", DATA_DIR, "--lambda", "mas=3"]) == 0
     cells = {r.tags["driver"]: r.tags for r in store.find_runs("pmnist-smoke", kind="cell")}
     assert cells["sig"]["lambda_source"] == "tuned" and cells["sig"]["lambda_study"] == "lambda-sig-smoke"
     assert float(cells["sig"]["lambda"]) == pytest.approx(best)

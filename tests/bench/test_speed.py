@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.config import load_config
-from benchmark.experiment import Lambda, cell_config, experiment_name, run_cell
+from benchmark.experiment import cell_config, experiment_name, run_cell
+from benchmark.lambdas import Lambda
 from benchmark.loop import Penalty, StepBuffers, make_estimators, make_optimizer, train_step
 from benchmark.model import make_mlp
 from benchmark.scenario import make_scenario, make_splits
