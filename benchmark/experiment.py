@@ -7,12 +7,12 @@ import json
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from benchmark import __version__
 from benchmark.config import Config
@@ -21,6 +21,7 @@ from benchmark.lambdas import Lambda
 from benchmark.loop import Diverged, TaskResult, run_sequence
 from benchmark.metrics import average_accuracy, backward_transfer, forgetting
 from benchmark.parallel_seeds import run_sequences
+from benchmark.progress import Progress
 from benchmark.scenario import PermutedMNIST, Splits, make_scenario
 from tracking import Run, Store
 
@@ -89,22 +90,24 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
     })
     parent.log_json(config.to_dict(), "config.json")
     statuses = {cell: "FINISHED" for cell in reused}
-    bar = tqdm(total=len(cells) * config.data.tasks, initial=len(reused) * config.data.tasks, unit="task",
-               disable=None, dynamic_ncols=True)
+    progress = Progress("cell", total=len(cells), done=len(reused), steps_per_item=config.data.tasks)
+    progress.say(f"sweep {parent.id} in experiment {experiment} of {store.uri}: {len(cells)} cells (drivers "
+                 f"{', '.join(drivers)}; seeds {', '.join(map(str, seeds))}), {len(reused)} already finished; "
+                 "a line per finished cell follows")
     try:
         pending = [cell for cell in cells if cell not in reused]
         for driver in drivers:
             seeds_left = [seed for d, seed in pending if d == driver]
             for start in range(0, len(seeds_left), parallel_seeds):
                 group = seeds_left[start:start + parallel_seeds]
-                bar.set_description(f"{driver} seed{'s' if len(group) > 1 else ''} {','.join(map(str, group))}")
+                progress.describe(f"{driver} seed{'s' if len(group) > 1 else ''} {','.join(map(str, group))}")
                 scenarios = [make_scenario(splits, config.data.tasks, seed) for seed in group]
                 if len(group) == 1:
                     statuses[(driver, group[0])] = run_cell(store, experiment, parent, config,
-                                                            cells[(driver, group[0])], scenarios[0], bar)
+                                                            cells[(driver, group[0])], scenarios[0], progress)
                 else:
                     outcome = run_group(store, experiment, parent, config, [cells[(driver, s)] for s in group],
-                                        scenarios, bar)
+                                        scenarios, progress)
                     statuses.update({(driver, seed): status for seed, status in zip(group, outcome)})
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
@@ -116,7 +119,7 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
         parent.finish(status)
         raise
     finally:
-        bar.close()
+        progress.close()
     parent.set_tags({"failed_cells": sum(s != "FINISHED" for s in statuses.values())})
     parent.finish("FINISHED")
     return statuses, list(reused.values())
@@ -129,6 +132,7 @@ class CellRecord:
                  scenario: PermutedMNIST, parallel_seeds: int = 1):
         driver, seed = resolved["driver"], resolved["seed"]
         self.config, self.resolved, self.scenario = config, resolved, scenario
+        self.started = time.monotonic()  # the cell's wall time, for the progress line
         self.run = store.start_run(experiment, f"{driver}-seed{seed}", parent=parent, tags={
             "kind": "cell", "driver": driver, "seed": seed, "protocol": config.protocol, "lambda": resolved["lambda"],
             "lambda_source": resolved["lambda_source"], "package_version": __version__,
@@ -189,12 +193,19 @@ class CellRecord:
         run.finish("FINISHED")
         return "FINISHED"
 
-    def diverged(self, e: Diverged, bar: tqdm) -> str:
+    def done(self, status: str, progress: Progress, detail: str = "") -> str:
+        """The cell's line in the progress log: driver, seed, ACC (or why it failed) and wall time."""
+        outcome = f"ACC {average_accuracy(np.array(self.test_rows)):.4f}" if status == "FINISHED" else detail
+        progress.item_done(f"{status.lower() if status == 'FINISHED' else status}: {self.resolved['driver']} seed "
+                           f"{self.resolved['seed']}, {outcome}, {time.monotonic() - self.started:.1f} s",
+                           steps_skipped=self.scenario.tasks - self.tasks_done)
+        return status
+
+    def diverged(self, e: Diverged, progress: Progress) -> str:
         # a sweep goes on past a diverged cell: it is a result (λ too large), not a crash
         self.run.set_tags({"failure_reason": str(e)})
         self.run.finish("FAILED")
-        bar.update(self.scenario.tasks - self.tasks_done)
-        return "FAILED"
+        return self.done("FAILED", progress, str(e))
 
     def abort(self, e: BaseException) -> None:
         if isinstance(e, KeyboardInterrupt):
@@ -206,23 +217,23 @@ class CellRecord:
 
 
 def run_cell(store: Store, experiment: str, parent: Run, config: Config, resolved: dict, scenario: PermutedMNIST,
-             bar: tqdm) -> str:
+             progress: Progress) -> str:
     record = CellRecord(store, experiment, parent, config, resolved, scenario)
     try:
         record.start()
         for result in run_sequence(config, resolved["driver"], resolved["lambda"], resolved["seed"], scenario):
             record.task(result)
-            bar.update(1)
-        return record.finish()
+            progress.step()
+        return record.done(record.finish(), progress)
     except Diverged as e:
-        return record.diverged(e, bar)
+        return record.diverged(e, progress)
     except BaseException as e:
         record.abort(e)
         raise
 
 
 def run_group(store: Store, experiment: str, parent: Run, config: Config, cells: list[dict],
-              scenarios: list[PermutedMNIST], bar: tqdm) -> list[str]:
+              scenarios: list[PermutedMNIST], progress: Progress) -> list[str]:
     """Cells of one driver, several seeds trained together (--parallel-seeds); each seed its own run, as run_cell."""
     records = [CellRecord(store, experiment, parent, config, resolved, scenario, parallel_seeds=len(cells))
                for resolved, scenario in zip(cells, scenarios)]
@@ -236,13 +247,13 @@ def run_group(store: Store, experiment: str, parent: Run, config: Config, cells:
                 if statuses[k] is not None:
                     continue
                 if isinstance(result, Diverged):
-                    statuses[k] = record.diverged(result, bar)
+                    statuses[k] = record.diverged(result, progress)
                 else:
                     record.task(result)
-                    bar.update(1)
+                    progress.step()
         for k, record in enumerate(records):
             if statuses[k] is None:
-                statuses[k] = record.finish()
+                statuses[k] = record.done(record.finish(), progress)
         return statuses
     except BaseException as e:
         for status, record in zip(statuses, records):

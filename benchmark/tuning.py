@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import optuna
-from tqdm import tqdm
 
 from benchmark.config import Config
 from benchmark.errors import UsageError
 from benchmark.experiment import experiment_name
 from benchmark.loop import Diverged, run_sequence
 from benchmark.metrics import average_accuracy
+from benchmark.progress import Progress, duration
 from benchmark.scenario import Splits, make_scenario
 from tracking import Store
 
@@ -181,15 +181,23 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
         return value
 
     status = "FAILED"
-    bar = tqdm(total=trials, desc=f"{name}", unit="trial", disable=None, dynamic_ncols=True)
+    progress = Progress("trial", total=trials)
+    progress.describe(name)
+    progress.say(f"tune {parent.id} in experiment {experiment} of {store.uri}: {trials} trials of study {name}; "
+                 "a line per finished trial follows")
+
+    def trial_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        progress.step()
+        progress.item_done(trial_line(study, trial))
+
     try:
-        study.optimize(objective, n_trials=trials, callbacks=[lambda _study, _trial: bar.update(1)])
+        study.optimize(objective, n_trials=trials, callbacks=[trial_done])
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        bar.close()
+        progress.close()
         # a signal between creating a trial's run and entering its handler would leave the run RUNNING
         mine = {"mlflow.parentRunId": parent.id}
         for leftover in store.find_runs(experiment, kind="trial", status="RUNNING", **mine):
@@ -203,6 +211,24 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
         parent.set_tags({**summary, **best})
         parent.finish(status)
     return study
+
+
+def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    """A finished trial for the progress log: number, λ, how it ended, its wall time and the study's best."""
+    if trial.state.name == "COMPLETE":
+        outcome = f"validation ACC {trial.value:.4f}"
+    elif "failure_reason" in trial.user_attrs:  # diverged
+        outcome = f"{trial.state.name.lower()}: {trial.user_attrs['failure_reason']}"
+    elif trial.state.name == "PRUNED" and trial.last_step is not None:
+        outcome = f"pruned after task {trial.last_step} (val_acc {trial.intermediate_values[trial.last_step]:.4f})"
+    else:
+        outcome = trial.state.name.lower()
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0.0
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = max(completed, key=lambda t: t.value) if completed else None
+    best_text = f"best λ {best.params['lambda']:.4g} ({best.value:.4f})" if best else "no completed trial yet"
+    return (f"finished: {study.study_name} trial #{trial.number}, λ {trial.params['lambda']:.4g}, {outcome}, "
+            f"{duration(seconds)}; {best_text}")
 
 
 def _evaluate(config: Config, driver: str, lam: float, seeds: list[int], scenarios, trial, run) -> float:

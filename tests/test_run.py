@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,14 +35,20 @@ def run_cli(*args, uri, env_extra=None):
 
 
 @pytest.fixture(scope="module")
-def smoke_store(initialised_store, tmp_path_factory):
+def smoke_sweep(initialised_store, tmp_path_factory) -> tuple[str, str]:
+    """A real `run` process, its stderr a pipe (not a terminal): the store's URI and what it wrote to stderr."""
     path = tmp_path_factory.mktemp("smoke") / "mlflow.db"
     shutil.copy(initialised_store, path)
     uri = f"sqlite:///{path}"
     done = run_cli("--protocol", "smoke", "--drivers", "mas,none", "--seeds", "1", "--log-importances", "all",
                    uri=uri)
     assert done.returncode == 0, done.stderr
-    return uri
+    return uri, done.stderr
+
+
+@pytest.fixture(scope="module")
+def smoke_store(smoke_sweep) -> str:
+    return smoke_sweep[0]
 
 
 def runs(uri):
@@ -66,6 +73,46 @@ def test_one_parent_with_a_child_per_driver_and_seed(smoke_store):
     tags = {r.data.tags["driver"]: r.data.tags for r in children}
     assert (tags["mas"]["lambda"], tags["mas"]["lambda_source"], tags["mas"]["seed"]) == ("4.5", "default", "0")
     assert tags["none"]["lambda"] == "0.0"
+
+
+def test_progress_without_a_terminal_is_a_line_per_finished_cell(smoke_sweep):
+    """stderr a pipe, as in `run … > run.log 2>&1 &`: no bar, a start line, then per cell driver, seed, ACC (the
+    run's own metric), wall time, cells done/total and the time left."""
+    uri, stderr = smoke_sweep
+    assert "\r" not in stderr and "task/s" not in stderr and "s/task" not in stderr  # no tqdm bar
+    (sweep,) = [r for r in runs(uri)[1] if r.data.tags.get("kind") == "sweep"]
+    assert f"sweep {sweep.info.run_id} in experiment pmnist-smoke of {uri}: 2 cells (drivers mas, none; seeds 0)" \
+        in stderr
+    lines = re.findall(r"^cell (\d)/2 finished: (\w+) seed 0, ACC (\d\.\d{4}), (\d+\.\d) s; (.*)$", stderr, re.M)
+    assert [(done, driver) for done, driver, *_ in lines] == [("1", "mas"), ("2", "none")]
+    acc = {r.data.tags["driver"]: r.data.metrics["ACC"] for r in runs(uri)[1] if r.data.tags.get("kind") == "cell"}
+    assert all(float(value) == pytest.approx(acc[driver], abs=5e-5) for _, driver, value, _, _ in lines)
+    assert all(float(seconds) > 0 for *_, seconds, _ in lines)
+    assert re.fullmatch(r"about \d+\.\d s left", lines[0][4]) and lines[1][4] == "all done"
+
+
+def test_progress_on_a_terminal_is_the_bar_alone():
+    """A real pseudo-terminal: tqdm's bar as before, none of the log lines."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from benchmark.progress import Progress
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    with os.fdopen(follower, "w") as terminal:
+        progress = Progress("cell", total=2, steps_per_item=3, stream=terminal)
+        progress.say("a line for logs only")
+        for _ in range(3):
+            progress.step()
+        progress.item_done("finished: mas seed 0, ACC 0.5000, 1.0 s")
+        progress.close()
+    shown = os.read(leader, 65536).decode()
+    os.close(leader)
+    assert "3/6" in shown and "task" in shown
+    assert "a line for logs only" not in shown and "finished: mas" not in shown
 
 
 def test_artifact_layout(smoke_store):

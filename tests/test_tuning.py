@@ -2,6 +2,7 @@
 real MLflow store: concurrent workers, pruning of diverged trials, tuned λ picked up by `run`."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,11 +36,21 @@ def two_workers_record_every_trial_once(storage: str, tmp_path: Path, initialise
         shutil.copy(initialised_store, tmp_path / f"w{k}" / "mlflow.db")
         uris.append(f"sqlite:///{tmp_path / f'w{k}' / 'mlflow.db'}")
     workers = [tune_process(storage, uri, trials=2, sampler_seed=k) for k, uri in enumerate(uris)]
+    progress = []
     for w in workers:
         _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err
+        progress.append(err)
 
     study = optuna.load_study(study_name=study_name("mas", "smoke"), storage=open_storage(storage))
+    for err in progress:  # stderr a pipe, not a terminal: a line per finished trial instead of a bar
+        lines = re.findall(r"^trial (\d)/2 finished: lambda-mas-smoke trial #(\d), λ (\S+), (.+), \d+\.\d s; "
+                           r"best λ \S+ \(\d\.\d{4}\); (.*)$", err, re.M)
+        assert [done for done, *_ in lines] == ["1", "2"] and lines[-1][-1] == "all done", err
+        for _, number, lam, outcome, _ in lines:
+            trial = study.trials[int(number)]
+            assert float(lam) == pytest.approx(trial.params["lambda"], rel=1e-3)
+            assert outcome.startswith("validation ACC" if trial.state.name == "COMPLETE" else "pruned")
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     logged = []
