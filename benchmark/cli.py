@@ -3,6 +3,7 @@ store is touched."""
 
 import argparse
 import dataclasses
+import datetime
 import os
 import shlex
 import signal
@@ -120,8 +121,9 @@ def make_parser() -> Parser:
     tune.add_argument("--show", action="store_true", help="print the best λ of every study in the storage")
 
     report = commands.add_parser("report", help="figures, tables and the paper's claims from a sweep's runs")
-    report.add_argument("--experiment", default="pmnist-paper",
-                        help="report on the latest sweep of this experiment (default pmnist-paper)")
+    report.add_argument("--experiment", default=None,
+                        help="report on the latest sweep of this experiment (default: the latest sweep in the store, "
+                             "whatever its experiment)")
     report.add_argument("--sweep", action="append", metavar="RUN_ID",
                         help="a sweep's parent run id instead (repeat to combine sweeps)")
     report.add_argument("--runs", metavar="ID,…", help="cell run ids instead of a sweep")
@@ -244,11 +246,21 @@ def command_report(args) -> int:
     from pathlib import Path
 
     from benchmark.report import build_report
+    from benchmark.report.collect import latest_sweep
 
     store = open_store(args, must_exist=True)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
-    index = build_report(store, Path(args.out), experiment=args.experiment, sweep_ids=args.sweep, run_ids=runs,
-                         param=args.param, kind=args.kind, command=command_line())
+    sweeps = args.sweep
+    if not sweeps and not runs:
+        latest = latest_sweep(store, args.experiment)
+        started = datetime.datetime.fromtimestamp(latest.start_time / 1000, tz=datetime.timezone.utc)
+        print(f"report: the latest sweep {'of experiment ' + args.experiment if args.experiment else 'in the store'}"
+              f": {latest.id} (experiment {latest.experiment}, started {started:%Y-%m-%d %H:%M} UTC, drivers "
+              f"{latest.tags.get('drivers', '?')}, seeds {latest.tags.get('seeds', '?')}); another: --experiment NAME "
+              "or --sweep RUN_ID", file=sys.stderr)
+        sweeps = [latest.id]
+    index = build_report(store, Path(args.out), sweep_ids=sweeps, run_ids=runs, param=args.param, kind=args.kind,
+                         command=command_line())
     print(f"report written to {index}", file=sys.stderr)
     return 0
 

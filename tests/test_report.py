@@ -1,8 +1,12 @@
 """`python -m benchmark report` on real smoke runs in a real MLflow store: its numbers against the runs' own
 CSVs, its figures on disk, its verdicts against its numbers."""
 
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -145,6 +149,35 @@ def test_partial_selection_lists_the_missing_cells(sweep_store, tmp_path):
     assert pd.read_csv(out / "forgetting.csv").set_index("driver").loc["mas", "n"] == 1
 
 
+def test_report_without_arguments_takes_the_latest_sweep_in_the_store(sweep_store, tmp_path):
+    """The new user's `run --protocol smoke` then `report`: no --experiment, no --tracking-uri, no --out. A newer
+    sweep in another experiment is the one chosen, and stderr says which; --experiment still picks its own."""
+    home = tmp_path / "clone"
+    (home / "mlruns").mkdir(parents=True)
+    shutil.copy(sweep_store.removeprefix("sqlite:///"), home / "mlruns" / "mlflow.db")
+    uri = f"sqlite:///{home / 'mlruns' / 'mlflow.db'}"
+    tiny = tmp_path / "tiny.toml"  # its own experiment, pmnist-tiny
+    tiny.write_text((Path(__file__).parents[1] / "benchmark/protocols/smoke.toml").read_text())
+    assert main(["run", "--config", str(tiny), "--drivers", "none", "--tracking-uri", uri, "--data-dir", DATA_DIR]) == 0
+    store = Store(uri)
+    (newest,) = store.find_runs("pmnist-tiny", kind="sweep")
+    (older,) = store.find_runs("pmnist-smoke", kind="sweep")
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-m", "benchmark", "report"], cwd=home, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"report: the latest sweep in the store: {newest.id} (experiment pmnist-tiny, " in done.stderr
+    assert "report written to report/index.html" in done.stderr
+    assert pd.read_csv(home / "report" / "forgetting.csv").driver.tolist() == ["none"]
+    assert newest.id in (home / "report" / "README.md").read_text()
+
+    out = tmp_path / "smoke-report"
+    assert main(["report", "--experiment", "pmnist-smoke", "--out", str(out), "--tracking-uri", uri]) == 0
+    assert pd.read_csv(out / "forgetting.csv").driver.tolist() == ["none", "mas"]
+    assert older.id in (out / "README.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--experiment", "pmnist-nothing"], "no sweep in experiment 'pmnist-nothing'"),
     (["--sweep", "0123456789abcdef"], "no run '0123456789abcdef'"),
@@ -153,6 +186,13 @@ def test_report_bad_input(sweep_store, tmp_path, capsys, args, message):
     assert main(["report", *args, "--out", str(tmp_path / "r"), "--tracking-uri", sweep_store]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_on_a_store_without_a_sweep(store_uri, tmp_path, capsys):
+    assert main(["report", "--tracking-uri", store_uri, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no sweep in {store_uri} (experiments: Default)" in err
     assert not (tmp_path / "r").exists()
 
 

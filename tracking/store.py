@@ -143,9 +143,9 @@ class Store:
         return Run(self.client, run_id)
 
     def find_runs(self, experiment: str | None = None, run_ids: list[str] | None = None, status: str | None = None,
-                  **tags: str) -> list[RunRecord]:
-        """Runs of an experiment (or the given ids) whose tags equal the given values (and with the given status:
-        RUNNING, FINISHED, FAILED, KILLED), newest first."""
+                  max_results: int = 50000, **tags: str) -> list[RunRecord]:
+        """Runs of an experiment (of every experiment if None; or the given ids) whose tags equal the given values
+        (and with the given status: RUNNING, FINISHED, FAILED, KILLED), newest first, at most max_results."""
         if run_ids is not None:
             records = []
             for run_id in run_ids:
@@ -155,13 +155,17 @@ class Store:
                     raise StoreError(f"no run {run_id!r} in {self.uri}") from None
             return [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())
                     and status in (None, r.status)]
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            return []
+        if experiment is None:
+            experiment_ids = [e.experiment_id for e in self.client.search_experiments()]
+        else:
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                return []
+            experiment_ids = [found.experiment_id]
         conditions = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
         conditions += [f"attributes.status = '{status}'"] if status else []
         query = " and ".join(conditions)
-        runs = self.client.search_runs([found.experiment_id], filter_string=query, max_results=50000,
+        runs = self.client.search_runs(experiment_ids, filter_string=query, max_results=max_results,
                                        order_by=["attributes.start_time DESC"])
         return [self._record(run, experiment) for run in runs]
 

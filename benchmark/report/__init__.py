@@ -32,10 +32,10 @@ BEYOND_PAIRS = [("mas", "abs_fisher"), ("sqrt(fis)", "mas"), ("fis", "mas^2"), (
                 ("si", "sqrt(sos)"), ("fis_sampled", "fis_exact"), ("fis_batched", "fis")]
 
 
-def build_report(store: Store, out: Path, experiment: str | None = None, sweep_ids: list[str] | None = None,
-                 run_ids: list[str] | None = None, param: str = "weight", kind: str = "accumulated",
-                 command: str = "") -> Path:
-    sweep = load_sweep(store, experiment, sweep_ids, run_ids)
+def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, run_ids: list[str] | None = None,
+                 param: str = "weight", kind: str = "accumulated", command: str = "") -> Path:
+    """The report on the given sweeps (parent runs) or cell runs, written to `out`; returns its index.html."""
+    sweep = load_sweep(store, sweep_ids, run_ids)
     out.mkdir(parents=True, exist_ok=True)
     protocols = sorted(set(sweep.cells.protocol))
     protocol = protocols[0] if len(protocols) == 1 else "mixed"

@@ -29,9 +29,21 @@ class Sweep:
         return [d for d in order if d in present] + sorted(present - set(order))
 
 
-def load_sweep(store: Store, experiment: str | None, sweep_ids: list[str] | None,
-               run_ids: list[str] | None) -> Sweep:
-    """The latest sweep of `experiment`, or the given sweeps (parent runs), or the given cell runs."""
+def latest_sweep(store: Store, experiment: str | None) -> RunRecord:
+    """The most recent sweep (parent run of `benchmark run`) of `experiment`, or of the whole store if None."""
+    try:
+        found = store.find_runs(experiment, kind="sweep", max_results=1)
+        if not found:
+            known = ", ".join(store.experiments()) or "none"
+            where = f"experiment {experiment!r} of {store.uri}" if experiment else store.uri
+            raise UsageError(f"no sweep in {where} (experiments: {known}); make one with `python -m benchmark run`")
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+    return found[0]
+
+
+def load_sweep(store: Store, sweep_ids: list[str] | None, run_ids: list[str] | None) -> Sweep:
+    """The given sweeps (parent runs), or the given cell runs."""
     try:
         if run_ids:
             cells = store.find_runs(run_ids=run_ids, kind="cell")
@@ -40,16 +52,9 @@ def load_sweep(store: Store, experiment: str | None, sweep_ids: list[str] | None
             parent_ids = sorted({c.tags.get("mlflow.parentRunId", "") for c in cells} - {""})
             parents = store.find_runs(run_ids=parent_ids) if parent_ids else []
         else:
-            if sweep_ids:
-                parents = store.find_runs(run_ids=sweep_ids, kind="sweep")
-                if len(parents) != len(sweep_ids):
-                    raise UsageError("--sweep: every id must be a sweep (a parent run of `benchmark run`)")
-            else:
-                found = store.find_runs(experiment, kind="sweep")
-                if not found:
-                    known = ", ".join(store.experiments()) or "none"
-                    raise UsageError(f"no sweep in experiment {experiment!r} of {store.uri} (experiments: {known})")
-                parents = found[:1]
+            parents = store.find_runs(run_ids=sweep_ids, kind="sweep")
+            if len(parents) != len(sweep_ids):
+                raise UsageError("--sweep: every id must be a sweep (a parent run of `benchmark run`)")
             # a resumed sweep reuses finished cells of earlier sweeps: they count as its own
             reused = [i for p in parents for i in p.tags.get("reused_cells", "").split(",") if i]
             cells = [c for p in parents for c in store.find_runs(p.experiment, kind="cell",
