@@ -17,6 +17,7 @@ import torch
 from benchmark import __version__
 from benchmark.config import Config
 from benchmark.correlations import COLUMNS, correlation_rows
+from benchmark.experiment_notes import sweep_experiment_description
 from benchmark.lambdas import Lambda
 from benchmark.loop import Diverged, TaskResult, run_sequence
 from benchmark.metrics import average_accuracy, backward_transfer, forgetting
@@ -87,7 +88,7 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
         "seeds": ",".join(map(str, seeds)), "command": command, "package_version": __version__,
         "git_commit": git_commit(), "machine": f"{platform.node()} {platform.machine()}",
         "torch_version": torch.__version__, "reused_cells": ",".join(reused.values()),
-    })
+    }, experiment_description=sweep_experiment_description(config))
     parent.log_json(config.to_dict(), "config.json")
     statuses = {cell: "FINISHED" for cell in reused}
     progress = Progress("cell", total=len(cells), done=len(reused), steps_per_item=config.data.tasks)

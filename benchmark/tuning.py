@@ -28,6 +28,7 @@ import optuna
 from benchmark.config import Config
 from benchmark.errors import UsageError
 from benchmark.experiment import experiment_name
+from benchmark.experiment_notes import tuning_experiment_description
 from benchmark.loop import Diverged, run_sequence
 from benchmark.metrics import average_accuracy
 from benchmark.progress import Progress, duration
@@ -155,7 +156,7 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
     parent = store.start_run(experiment, f"tune-{driver}", tags={
         "kind": "tune", "driver": driver, "protocol": config.protocol, "study": name,
         "storage": redact(storage_url), "trials_requested": trials, "seeds": ",".join(map(str, seeds)),
-        "command": command, **versions})
+        "command": command, **versions}, experiment_description=tuning_experiment_description(config))
     parent.log_json(config.to_dict(), "config.json")
     scenarios = [make_scenario(splits, config.data.tasks, seed) for seed in seeds]
 

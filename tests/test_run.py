@@ -115,6 +115,31 @@ def test_progress_on_a_terminal_is_the_bar_alone():
     assert "a line for logs only" not in shown and "finished: mas" not in shown
 
 
+def test_the_experiment_says_what_its_runs_are(smoke_store):
+    """The MLflow UI shows an experiment's note (tag mlflow.note.content) above its runs; its first line is what
+    shows before it is expanded, so it says where the runs are."""
+    from benchmark.experiment_notes import RUNS_VIEW
+
+    note = MlflowClient(smoke_store).get_experiment_by_name("pmnist-smoke").tags["mlflow.note.content"]
+    assert note.startswith(RUNS_VIEW + "\n\n**Protocol `smoke`**: permuted MNIST, 3 tasks")
+    assert "MLP 784-32-16-10" in note and "1000 training images" in note and "named `smoke-sweep`" in note
+    assert "*Group by* → Tags → `driver`" in note and "metric `ACC`" in note
+
+
+def test_an_experiment_note_is_written_once_and_never_over_a_users(store_uri):
+    from tracking import Store
+
+    store = Store(store_uri)
+    store.experiment_id("made-before-notes")
+    assert store.experiment_note("made-before-notes") is None
+    store.experiment_id("made-before-notes", "what the runs are")  # an old experiment gets its note
+    assert store.experiment_note("made-before-notes") == "what the runs are"
+    MlflowClient(store_uri).set_experiment_tag(store.experiment_id("made-before-notes"), "mlflow.note.content",
+                                               "my own words")
+    store.start_run("made-before-notes", "r", tags={}, experiment_description="what the runs are")
+    assert store.experiment_note("made-before-notes") == "my own words"
+
+
 def test_artifact_layout(smoke_store):
     _, _, root = child(smoke_store, "mas")
     files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}

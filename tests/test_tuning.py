@@ -57,6 +57,7 @@ def two_workers_record_every_trial_once(storage: str, tmp_path: Path, initialise
     for uri in uris:
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("pmnist-smoke-tuning")
+        assert "λ tuning with Optuna" in experiment.tags["mlflow.note.content"]
         for run in client.search_runs([experiment.experiment_id], "tags.kind = 'trial'"):
             logged.append(int(run.data.tags["trial"]))
             trial = study.trials[int(run.data.tags["trial"])]

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows (and edits) as an experiment's or a run's description
 
 
 class StoreError(Exception):
@@ -124,18 +125,30 @@ class Store:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise StoreError(f"cannot open tracking store {uri}: {reason}") from None
 
-    def experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str, description: str | None = None) -> str:
+        """The experiment's id, the experiment created if need be. description: Markdown for the MLflow UI's note
+        on the experiment (the `mlflow.note.content` tag), set if the experiment has none — never over a note a
+        user has written."""
         experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = f"{self.artifact_root}/{name}" if self.artifact_root else None
-        return self.client.create_experiment(name, artifact_location=location)
+        if experiment is None:
+            location = f"{self.artifact_root}/{name}" if self.artifact_root else None
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={NOTE_TAG: description} if description else None)
+        if description and not experiment.tags.get(NOTE_TAG):  # an experiment made before notes were written
+            self.client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, description)
+        return experiment.experiment_id
 
-    def start_run(self, experiment: str, name: str, tags: dict[str, str], parent: "Run | None" = None) -> "Run":
+    def experiment_note(self, name: str) -> str | None:
+        experiment = self.client.get_experiment_by_name(name)
+        return experiment.tags.get(NOTE_TAG) if experiment is not None else None
+
+    def start_run(self, experiment: str, name: str, tags: dict[str, str], parent: "Run | None" = None,
+                  experiment_description: str | None = None) -> "Run":
         tags = {k: str(v) for k, v in tags.items()}
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.id
-        run = self.client.create_run(self.experiment_id(experiment), tags=tags, run_name=name)
+        experiment_id = self.experiment_id(experiment, experiment_description)
+        run = self.client.create_run(experiment_id, tags=tags, run_name=name)
         return Run(self.client, run.info.run_id)
 
     def open_run(self, run_id: str) -> "Run":
