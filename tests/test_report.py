@@ -63,12 +63,88 @@ def test_forgetting_table_matches_the_runs_accuracy_matrices(sweep_store, report
 
 def test_every_referenced_file_exists(report):
     index = (report / "index.html").read_text()
-    referenced = set(re.findall(r"(?:src|href)='([^']+)'", index))
+    referenced = set(re.findall(r"(?:src|href)=\"([^\"]+)\"", index))
+    files = {name for name in referenced if not name.startswith("#")}
     assert {"acc_curves.png", "accuracy_matrix_mas.png", "correlation_surfaces_mas.png",
-            "correlation_heatmaps_none.svg", "correlations_summary.csv"} <= referenced
-    assert all((report / name).is_file() for name in referenced)
+            "correlation_heatmaps_none.svg", "correlations_summary.csv"} <= files
+    assert all((report / name).is_file() for name in files)
+    assert {f"#{anchor}" for anchor in re.findall(r"<section id=\"([^\"]+)\"", index)} == referenced - files
     readme = (report / "README.md").read_text()
     assert all((report / name).is_file() for name in re.findall(r"\]\(([^)]+)\)", readme))
+
+
+def markdown_tables(text: str) -> list[pd.DataFrame]:
+    """Every table of a Markdown page, cells as strings (the report escapes no | inside these)."""
+    tables, rows = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            tables.append(pd.DataFrame(rows[2:], columns=rows[0]))
+            rows = []
+    return tables
+
+
+def test_the_report_leads_with_its_answers(sweep_store, report, tmp_path):
+    """The summary comes first, and its numbers are the tables' numbers: ACC per driver as in the forgetting table
+    (and as recomputed from the runs), each claim's verdict and deciding value as in the claims table."""
+    readme = (report / "README.md").read_text()
+    titles = re.findall(r"^## (.+)$", readme, re.M)
+    assert titles[:3] == ["Summary", "Forgetting", "The paper's claims"] and titles[-1] == "About this report"
+    summary_text = readme.split("## Forgetting")[0]
+    acc_summary, forgetting_shown, claims_shown = markdown_tables(readme)[:3]
+
+    store, runs = cell_runs(sweep_store)
+    for driver in ("none", "mas"):
+        finals = [run_csv(store, r, "accuracy_matrix.csv", tmp_path).drop(columns="after_task").to_numpy()[-1].mean()
+                  for r in runs if r.tags["driver"] == driver]
+        expected = f"{100 * np.mean(finals):.2f} (n < 3)"  # two seeds: no interval
+        assert acc_summary.set_index("driver").loc[driver].iloc[0] == expected
+        assert forgetting_shown.set_index("driver").loc[driver, "ACC %"] == expected
+    assert "Fewer than 3 seeds (n < 3)" in summary_text
+
+    claims = pd.read_csv(report / "claims.csv")
+    claims_shown = claims_shown.assign(claim=claims_shown.claim.replace("", np.nan).ffill())
+    lines = re.findall(r"^- (.+?): ((?:does not hold|holds)[^—]*) — (.+)$", summary_text, re.M)
+    assert [claim for claim, *_ in lines] == list(claims[claims.driver == "mas"].claim)
+    for claim, verdict, headline in lines:
+        assert verdict.strip() == claims.set_index(["driver", "claim"]).loc[("mas", claim), "verdict"]
+        rows = claims_shown[(claims_shown.claim == claim) & (claims_shown.driver.isin(["mas", ""]))]
+        rows = rows.iloc[:len(rows) if claim.startswith("SIG") else 1]
+        if claim.startswith("SIG"):  # first → last layer, per pair: the means of the table's cells
+            for _, row in rows.iterrows():
+                means = " → ".join(f"{layer} {row[layer].split()[0]}" for layer in ("fc1", "fc2", "fc3"))
+                assert f"{row.pair} {means}" in headline
+            continue
+        row = rows.iloc[0]
+        lowest = min(("fc1", "fc2", "fc3"), key=lambda layer: float(row[layer].split()[0]))
+        tasks = dict(item.split() for item in row["task of the minimum"].split(" · "))
+        assert headline == f"lowest: {row.pair}, {lowest} {row[lowest]} at task {tasks[lowest]}"
+
+
+def test_no_interval_or_band_from_fewer_than_three_seeds(report, tmp_path):
+    """Two seeds: every shown value says n < 3 and has no interval; the ACC curves have no band and a tick per task.
+    Three seeds: the band is there."""
+    from benchmark.report.figures import accuracy_curves
+    from benchmark.report.stats import mean_ci
+
+    forgetting_shown, claims_shown = markdown_tables((report / "README.md").read_text())[1:3]
+    for cell in [*forgetting_shown["ACC %"], *claims_shown.fc1]:
+        assert cell.endswith("(n < 3)") and "[" not in cell
+    svg = (report / "acc_curves.svg").read_text()
+    ticks = re.findall(r"<!-- (\d+(?:\.\d+)?) -->", svg.split("after training task")[0])
+    assert ticks == ["0", "1", "2"]
+    assert "PolyCollection" not in svg
+
+    three = {"mas": [mean_ci([0.9, 0.92, 0.95]), mean_ci([0.8, 0.85, 0.83])]}
+    assert "PolyCollection" in (tmp_path / f"{accuracy_curves(three, tmp_path)}.svg").read_text()
+
+
+def test_estimate_short_form():
+    assert mean_ci([0.9, 0.92, 0.95, 0.91]).short() == "0.92 [0.89, 0.95]"
+    assert mean_ci([0.9, 0.92]).short() == "0.91 (n < 3)"
+    assert mean_ci([0.9, 0.92, 0.95, 0.91]).short(100) == "92.00 [88.56, 95.44]"
+    assert mean_ci([]).short() == "–"
 
 
 def mas_driven_correlations(uri, tmp_path) -> pd.DataFrame:

@@ -2,11 +2,13 @@
 surfaces from your own runs, and its claims checked — as report/index.html, report/README.md, figures and CSVs,
 also logged to the sweep's MLflow parent run.
 
+The pages lead with the answers (a summary: ACC per driver beside the author's, the paper's claims for the paper's
+driver), then the details, each section with its figures; they are rendered from templates (render.py).
+
 Reads only the artifact contract of `benchmark run` (config.json, accuracy_matrix.csv, correlations.csv).
 """
 
 import datetime
-import html
 import platform
 from pathlib import Path
 
@@ -15,7 +17,12 @@ import pandas as pd
 from benchmark import __version__
 from benchmark.report import figures
 from benchmark.report.collect import Sweep, load_sweep
+from benchmark.report.render import Figures, Lines, Section, Table, Text, render
 from benchmark.report.stats import (
+    MIN_SEEDS,
+    PAPER_ACC,
+    PAPER_ACC_PROTOCOLS,
+    ClaimResult,
     accuracy_curves,
     check_claims,
     correlation_summary,
@@ -30,6 +37,8 @@ PAPER_DRIVER = "mas"  # the driver of the paper's correlation figures
 # FIS ~ MAS², and how far the ways of computing a Fisher are from each other
 BEYOND_PAIRS = [("mas", "abs_fisher"), ("sqrt(fis)", "mas"), ("fis", "mas^2"), ("fis_exact", "fis"),
                 ("si", "sqrt(sos)"), ("fis_sampled", "fis_exact"), ("fis_batched", "fis")]
+TITLE = "Importance-estimator benchmark report"
+AUTHOR_ACC = "author's ACC % (20 runs, mean ± sd)"
 
 
 def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, run_ids: list[str] | None = None,
@@ -46,51 +55,158 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
     pairs = list(dict.fromkeys(zip(chosen.estimator_a, chosen.estimator_b)))
     drivers = sorted(sweep.drivers, key=lambda d: (d != PAPER_DRIVER, sweep.drivers.index(d)))
 
-    claims = []
-    for driver in drivers:
-        for c in check_claims(chosen[chosen.driver == driver]):
-            claims.append({"driver": driver, "claim": c.claim, "test": c.test, "measured (per layer)": c.measured,
-                           "verdict": c.verdict, "holds": c.holds})
-    claims = pd.DataFrame(claims)
+    verdicts = {driver: check_claims(chosen[chosen.driver == driver]) for driver in drivers}
+    claims = pd.DataFrame([{"driver": driver, "claim": c.claim, "test": c.test, "measured (per layer)": c.measured,
+                            "verdict": c.verdict, "holds": c.holds}
+                           for driver, results in verdicts.items() for c in results])
     lead = chosen[chosen.driver == drivers[0]]
     overlap = sorted(m for m in set(chosen.method) if m.startswith("jaccard_top"))
     beyond = {method: layer_means(lead, BEYOND_PAIRS, method) for method in ["pearson", *overlap]}
 
     curves = {d: accuracy_curves(sweep.cells, sweep.accuracy, d) for d in sweep.drivers}
-    figure_stems = {"acc": figures.accuracy_curves(curves, out), "matrices": [], "surfaces": [], "heatmaps": []}
-    for driver in sweep.drivers:
-        n = int((sweep.cells.driver == driver).sum())
-        figure_stems["matrices"].append(figures.accuracy_matrix(
-            mean_accuracy_matrix(sweep.cells, sweep.accuracy, driver), driver, n, out))
+    acc_figure = figures.accuracy_curves(curves, out)
+    matrix_figures = [figures.accuracy_matrix(mean_accuracy_matrix(sweep.cells, sweep.accuracy, driver), driver,
+                                              int((sweep.cells.driver == driver).sum()), out)
+                      for driver in sweep.drivers]
     mine = summary[(summary.kind == kind) & (summary.param == param)]
+    surface_figures, heatmap_figures = [], []
     for driver in drivers:
         title = (f"driver {driver}: Pearson correlation of {kind} importances over each layer's {param} entries, "
                  f"mean over {int((sweep.cells.driver == driver).sum())} seed(s)")
-        figure_stems["surfaces"].append(figures.correlation_surfaces(mine[mine.driver == driver], pairs, driver,
-                                                                     title, out))
-        figure_stems["heatmaps"].append(figures.correlation_heatmaps(mine[mine.driver == driver], pairs, driver,
-                                                                     title, out))
+        surface_figures.append(figures.correlation_surfaces(mine[mine.driver == driver], pairs, driver, title, out))
+        heatmap_figures.append(figures.correlation_heatmaps(mine[mine.driver == driver], pairs, driver, title, out))
 
+    data_files = ["forgetting.csv", "claims.csv", "correlations_summary.csv"]
     summary.to_csv(out / "correlations_summary.csv", index=False)
     forgetting.astype(str).to_csv(out / "forgetting.csv", index=False)
     claims.to_csv(out / "claims.csv", index=False)
-
-    header = _header(sweep, store, protocol, command)
-    sections = _sections(sweep, forgetting, claims, figure_stems, param, kind)
-    for i, (method, table) in enumerate(beyond.items()):
+    for method, table in beyond.items():
         if len(table):
-            sections.insert(2 + i, (f"Beyond the paper: {method}", f"Driver {drivers[0]}; {method} of {kind} "
-                                f"importances over each layer's {param} entries: per seed the mean over tasks, "
-                                "then mean [95% t-interval] over seeds.", table.astype(str)))
             table.astype(str).to_csv(out / f"beyond_{method}.csv", index=False)
-    (out / "README.md").write_text(_markdown(header, sections))
-    (out / "index.html").write_text(_html(header, sections))
+            data_files.append(f"beyond_{method}.csv")
+
+    seeds = sorted(set(sweep.cells.seed))
+    sections = [summary_section(sweep, forgetting, verdicts, drivers[0], protocol, seeds, param, kind)]
+    gaps = [f"missing: {m}" for m in sweep.missing] + [f"not finished: {m}" for m in sweep.not_finished]
+    if gaps:
+        sections.append(Section("Incomplete sweep", "incomplete", [Text("These cells are not in the report:"),
+                                                                   Lines(gaps)]))
+    sections.append(forgetting_section(forgetting, acc_figure, matrix_figures))
+    sections.append(claims_section(verdicts, param, kind, surface_figures, heatmap_figures))
+    for method, table in beyond.items():
+        if len(table):
+            sections.append(Section(f"Beyond the paper: {method}", f"beyond-{method}", [
+                Text(f"Driver {drivers[0]}; {method} of {kind} importances over each layer's {param} entries: per "
+                     f"seed the mean over tasks, then the mean [95% t-interval] over seeds (an interval from "
+                     f"{MIN_SEEDS} seeds on). All digits: beyond_{method}.csv."),
+                Table(list(table.columns), [[cell if isinstance(cell, str) else cell.short() for cell in row]
+                                            for row in table.itertuples(index=False)])]))
+    sections.append(Section("About this report", "about", [Table(["", ""], about(sweep, store, protocol, command))]))
+
+    (out / "README.md").write_text(render("report.md.jinja", TITLE, sections, data_files))
+    (out / "index.html").write_text(render("report.html.jinja", TITLE, sections, data_files))
     for parent in sweep.parents[:1]:
         store.open_run(parent.id).log_dir(out, "report")
     return out / "index.html"
 
 
-def _header(sweep: Sweep, store: Store, protocol: str, command: str) -> list[tuple[str, str]]:
+def claim_headline(result: ClaimResult) -> str:
+    """What decides a claim, in a few words: the lowest minimum over tasks, or (for SIG) first → last layer."""
+    if result.measurements[0].at_task is not None:
+        layer, m = min(((layer, m) for m in result.measurements for layer in m.values),
+                       key=lambda item: item[1].values[item[0]].mean)
+        return f"lowest: {m.pair}, {layer} {m.values[layer].short()} at task {m.at_task[layer]}"
+    return "; ".join(f"{m.pair} " + " → ".join(f"{layer} {e.mean:.2f}" for layer, e in m.values.items())
+                     for m in result.measurements)
+
+
+def summary_section(sweep: Sweep, forgetting: pd.DataFrame, verdicts: dict[str, list[ClaimResult]], lead: str,
+                    protocol: str, seeds: list[int], param: str, kind: str) -> Section:
+    experiments = ", ".join(sorted({p.experiment for p in sweep.parents} or {sweep.experiment}))
+    blocks = [Text(f"Experiment {experiments}, protocol {protocol}: {len(sweep.drivers)} driver"
+                   f"{'s' if len(sweep.drivers) != 1 else ''}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
+                   f"({', '.join(map(str, seeds))}). Where these numbers come from: the sections below.")]
+    warnings = []
+    if forgetting.n.min() < MIN_SEEDS:
+        warnings.append(f"Fewer than {MIN_SEEDS} seeds (n < {MIN_SEEDS}): no intervals are shown, and every "
+                        "verdict is only indicative.")
+    if sweep.missing or sweep.not_finished:
+        warnings.append(f"Incomplete sweep: {len(sweep.missing) + len(sweep.not_finished)} cell(s) missing or not "
+                        "finished (listed below).")
+    if warnings:
+        blocks.append(Lines(warnings))
+    author = protocol in PAPER_ACC_PROTOCOLS
+    blocks.append(Table(["driver", "ACC % (mean [95% t-interval] over seeds)"] + ([AUTHOR_ACC] if author else []),
+                        [[row.driver, row.ACC.short(100)] + ([PAPER_ACC.get(row.driver, "–")] if author else [])
+                         for row in forgetting.itertuples()]))
+    why = "" if lead == PAPER_DRIVER else f" (the paper's driver, {PAPER_DRIVER}, is not in this report)"
+    blocks.append(Text(f"The paper's claims for driver {lead}{why}, on Pearson correlations of {kind} importances "
+                       f"over each layer's {param} entries:"))
+    blocks.append(Lines([f"{c.claim}: {c.verdict} — {claim_headline(c)}" for c in verdicts[lead]]))
+    return Section("Summary", "summary", blocks)
+
+
+def forgetting_section(forgetting: pd.DataFrame, acc_figure: str, matrix_figures: list[str]) -> Section:
+    author = AUTHOR_ACC if any(c.startswith("paper ACC") for c in forgetting.columns) else None
+    rows = []
+    for row in forgetting.to_dict("records"):
+        author_acc = [f"{v} %" if (v := row[c]) else "–" for c in forgetting.columns if c.startswith("paper ACC")]
+        rows.append([row["driver"], str(row["n"]), row["λ"], row["ACC"].short(100), row["BWT"].short(100),
+                     row["forgetting"].short(100), *author_acc])
+    return Section("Forgetting", "forgetting", [
+        Text("Per driver, over seeds: mean and 95% t-interval (from 3 seeds on; n seeds) of ACC (mean accuracy over "
+             "all tasks after the last), BWT and forgetting, in percent (points), from each run's "
+             "accuracy_matrix.csv. λ and its source (default: shipped protocol, config: your file, user: --lambda, "
+             "tuned: Optuna). Three decimals of the fractions, intervals from 2 seeds on: forgetting.csv."),
+        Table(["driver", "n", "λ", "ACC %", "BWT (points)", "forgetting (points)"] + ([author] if author else []),
+              rows),
+        Text("ACC after each task: the mean test accuracy over the tasks seen so far, with 95% t-interval bands "
+             f"where a driver has {MIN_SEEDS} seeds or more."),
+        Figures([acc_figure]),
+        Text("Accuracy matrices R[i, j]: test accuracy on task j after training task i, mean over seeds."),
+        Figures(matrix_figures),
+    ])
+
+
+def claims_section(verdicts: dict[str, list[ClaimResult]], param: str, kind: str, surface_figures: list[str],
+                   heatmap_figures: list[str]) -> Section:
+    drivers = list(verdicts)
+    results = {(c.claim, driver): c for driver in drivers for c in verdicts[driver]}
+    claims = list(dict.fromkeys(c.claim for c in verdicts[drivers[0]]))
+    layers = list(dict.fromkeys(layer for c in results.values() for m in c.measurements for layer in m.values))
+    rows = []
+    for claim in claims:
+        for driver in drivers:
+            result = results[(claim, driver)]
+            for i, m in enumerate(result.measurements):
+                tasks = ("mean over tasks" if m.at_task is None else
+                         " · ".join(f"{layer} {m.at_task[layer]}" for layer in layers if layer in m.at_task))
+                first_of_claim = i == 0 and driver == drivers[0]
+                rows.append([claim if first_of_claim else "", driver if i == 0 else "", m.pair,
+                             *[m.values[layer].short() if layer in m.values else "–" for layer in layers],
+                             tasks, result.verdict if i == 0 else ""])
+    tests = list(dict.fromkeys(f"{c.claim}: {c.test}." for c in verdicts[drivers[0]]))
+    return Section("The paper's claims", "claims", [
+        Text(f"Judged on the Pearson correlations of {kind} importances over each layer's {param} entries; the "
+             f"paper's own runs are driven by {PAPER_DRIVER}. One row per claim and driver (the SIG claim: one per "
+             "pair), the claim named on its first row; per layer the value the test reads, mean over seeds [95% "
+             f"t-interval] (an interval from {MIN_SEEDS} seeds on); the last column but one: the task where the "
+             "minimum over tasks is, per layer. Three decimals: claims.csv."),
+        Table(["claim", "driver", "pair", *layers, "task of the minimum", "verdict"], rows,
+              notes=[3 + len(layers)]),
+        Text("The tests:"),
+        Lines(tests),
+        Text("Correlation surfaces: for every pair of estimators (and fis–mas², √fis–mas), the Pearson correlation "
+             "over (layer, task), mean over seeds, like the paper's Fig. 1–7 — one figure per driver, the paper's "
+             "driver first."),
+        Figures(surface_figures),
+        Text(f"Correlation heatmaps: Pearson and Spearman per pair, mean ± half-width of the 95% t-interval (from "
+             f"{MIN_SEEDS} seeds on). All values, for every kind and param: correlations_summary.csv."),
+        Figures(heatmap_figures),
+    ])
+
+
+def about(sweep: Sweep, store: Store, protocol: str, command: str) -> list[list[str]]:
     parent_tags = [p.tags for p in sweep.parents]
     seeds = sorted(set(sweep.cells.seed))
 
@@ -99,85 +215,18 @@ def _header(sweep: Sweep, store: Store, protocol: str, command: str) -> list[tup
 
     started = [datetime.datetime.fromtimestamp(p.start_time / 1000, tz=datetime.timezone.utc) for p in sweep.parents]
     return [
-        ("experiment", sweep.experiment),
-        ("protocol", protocol),
-        ("drivers", ", ".join(sweep.drivers)),
-        ("seeds", f"{len(seeds)}: {', '.join(map(str, seeds))}"),
-        ("sweeps (MLflow parent runs)", ", ".join(p.id for p in sweep.parents) or "none"),
-        ("sweep started", ", ".join(s.strftime("%Y-%m-%d %H:%M UTC") for s in started) or "?"),
-        ("package version (runs)", from_parents("package_version")),
-        ("git commit (runs)", from_parents("git_commit")),
-        ("machine (runs)", from_parents("machine")),
-        ("torch (runs)", from_parents("torch_version")),
-        ("report made", f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} on "
-                        f"{platform.node()}, package {__version__}"),
-        ("store", store.uri),
-        ("command", command),
+        ["experiment", ", ".join(sorted({p.experiment for p in sweep.parents} or {sweep.experiment}))],
+        ["protocol", protocol],
+        ["drivers", ", ".join(sweep.drivers)],
+        ["seeds", f"{len(seeds)}: {', '.join(map(str, seeds))}"],
+        ["sweeps (MLflow parent runs)", ", ".join(p.id for p in sweep.parents) or "none"],
+        ["sweep started", ", ".join(s.strftime("%Y-%m-%d %H:%M UTC") for s in started) or "?"],
+        ["package version (runs)", from_parents("package_version")],
+        ["git commit (runs)", from_parents("git_commit")],
+        ["machine (runs)", from_parents("machine")],
+        ["torch (runs)", from_parents("torch_version")],
+        ["report made", f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} on "
+                        f"{platform.node()}, package {__version__}"],
+        ["store", store.uri],
+        ["command", command],
     ]
-
-
-def _sections(sweep: Sweep, forgetting, claims, stems, param: str, kind: str) -> list[tuple[str, str, object]]:
-    """(title, explanation, content) with content a DataFrame, a list of figure stems or a list of lines."""
-    gaps = [f"missing: {m}" for m in sweep.missing] + [f"not finished: {m}" for m in sweep.not_finished]
-    sections = []
-    if gaps:
-        sections.append(("Incomplete sweep", "These cells are not in the report:", gaps))
-    sections += [
-        ("Forgetting", "Per driver, over seeds: mean and 95% t-interval (n seeds) of ACC (mean accuracy over all "
-         "tasks after the last), BWT and forgetting, from each run's accuracy_matrix.csv. λ and its source "
-         "(default: shipped protocol, config: your file, user: --lambda, tuned: Optuna).", forgetting),
-        ("The paper's claims", f"Judged on the Pearson correlations of {kind} importances over each layer's {param} "
-         f"entries; the paper's own runs are driven by {PAPER_DRIVER}. 'measured' gives the mean over seeds "
-         "[95% t-interval] where the test is decided.", claims.drop(columns="holds") if len(claims) else claims),
-        ("Accuracy after each task", "Mean test accuracy over the tasks seen so far, with 95% t-interval bands.",
-         [stems["acc"]]),
-        ("Accuracy matrices", "R[i, j]: test accuracy on task j after training task i, mean over seeds.",
-         stems["matrices"]),
-        ("Correlation surfaces", "For every pair of estimators (and fis–mas², √fis–mas), Pearson correlation "
-         "over (layer, task), mean over seeds — one figure per driver, the paper's driver first.",
-         stems["surfaces"]),
-        ("Correlation heatmaps", "Pearson and Spearman per pair, mean ± half-width of the 95% t-interval. All "
-         "values, for every kind and param: correlations_summary.csv.", stems["heatmaps"]),
-    ]
-    return sections
-
-
-def _markdown(header, sections) -> str:
-    lines = ["# Importance-estimator benchmark report", ""]
-    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in header] + [""]
-    for title, text, content in sections:
-        lines += [f"## {title}", "", text, ""]
-        if isinstance(content, pd.DataFrame):
-            cols = list(content.columns)
-            lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-            lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
-                      for row in content.itertuples(index=False)]
-        elif content and title != "Incomplete sweep":
-            lines += [f"![{stem}]({stem}.png)" for stem in content]
-        else:
-            lines += [f"- {line}" for line in content]
-        lines.append("")
-    lines += ["Data: [forgetting.csv](forgetting.csv), [claims.csv](claims.csv), "
-              "[correlations_summary.csv](correlations_summary.csv). Figures also as SVG.", ""]
-    return "\n".join(lines)
-
-
-def _html(header, sections) -> str:
-    e = html.escape
-    body = ["<h1>Importance-estimator benchmark report</h1>", "<table class='header'>"]
-    body += [f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in header] + ["</table>"]
-    for title, text, content in sections:
-        body += [f"<h2>{e(title)}</h2>", f"<p>{e(text)}</p>"]
-        if isinstance(content, pd.DataFrame):
-            body.append(content.astype(str).to_html(index=False, escape=True, border=0))
-        elif content and title != "Incomplete sweep":
-            body += [f"<p><a href='{e(s)}.svg'><img src='{e(s)}.png' alt='{e(s)}'></a></p>" for s in content]
-        else:
-            body += ["<ul>"] + [f"<li>{e(line)}</li>" for line in content] + ["</ul>"]
-    body.append("<p>Data: <a href='forgetting.csv'>forgetting.csv</a>, <a href='claims.csv'>claims.csv</a>, "
-                "<a href='correlations_summary.csv'>correlations_summary.csv</a>.</p>")
-    style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:left;vertical-align:top}img{max-width:100%}")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>benchmark report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

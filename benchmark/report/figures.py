@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark.report.stats import Estimate  # noqa: E402
+from benchmark.report.stats import MIN_SEEDS, Estimate  # noqa: E402
 
 FORMATS = ("png", "svg")
 
@@ -32,6 +32,8 @@ def accuracy_matrix(R: np.ndarray, driver: str, n: int, out: Path) -> str:
         for j in range(R.shape[1]):
             ax.text(j, i, f"{R[i, j] * 100:.0f}", ha="center", va="center", fontsize=7,
                     color="white" if R[i, j] < 0.6 else "black")
+    ax.set_xticks(range(R.shape[1]))
+    ax.set_yticks(range(R.shape[0]))
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("after training task i")
     ax.set_title(f"accuracy matrix R[i, j] (%), driver {driver}, mean of {n} seed{'s' if n != 1 else ''}")
@@ -40,18 +42,23 @@ def accuracy_matrix(R: np.ndarray, driver: str, n: int, out: Path) -> str:
 
 
 def accuracy_curves(curves: dict[str, list[Estimate]], out: Path) -> str:
+    """ACC after each task per driver; the 95% band only where a driver has MIN_SEEDS seeds or more (from two
+    seeds a t-interval is wider than the axis)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    tasks = np.arange(max(len(estimates) for estimates in curves.values()))
     for driver, estimates in curves.items():
-        tasks = np.arange(len(estimates))
+        x = tasks[:len(estimates)]
         mean = np.array([e.mean for e in estimates]) * 100
-        ax.plot(tasks, mean, marker="o", markersize=3, label=f"{driver} (n={estimates[0].n})")
-        low = np.array([e.low for e in estimates]) * 100
-        high = np.array([e.high for e in estimates]) * 100
-        if not np.isnan(low).all():
-            ax.fill_between(tasks, low, high, alpha=0.2)
+        n = estimates[0].n
+        banded = n >= MIN_SEEDS
+        ax.plot(x, mean, marker="o", markersize=3,
+                label=f"{driver} (n={n}{'' if banded else f', no band: n < {MIN_SEEDS}'})")
+        if banded:
+            ax.fill_between(x, [e.low * 100 for e in estimates], [e.high * 100 for e in estimates], alpha=0.2)
+    ax.set_xticks(tasks)
     ax.set_xlabel("after training task")
     ax.set_ylabel("mean test accuracy over tasks seen (%)")
-    ax.set_title("ACC after each task, mean over seeds with 95% t-interval")
+    ax.set_title(f"ACC after each task, mean over seeds with 95% t-interval (n ≥ {MIN_SEEDS})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out, "acc_curves")
@@ -62,7 +69,9 @@ def _grid(summary: pd.DataFrame, a: str, b: str, method: str) -> tuple[list[str]
     layers = _layer_order(rows.layer)
     tasks = sorted(set(rows.task))
     grid = rows.pivot_table(index="layer", columns="task", values="mean").reindex(index=layers, columns=tasks)
-    half = rows.assign(h=(rows.ci_high - rows.ci_low) / 2).pivot_table(index="layer", columns="task", values="h")
+    # half the interval, where there are seeds enough for one worth showing
+    rows = rows.assign(h=((rows.ci_high - rows.ci_low) / 2).where(rows.n >= MIN_SEEDS))
+    half = rows.pivot_table(index="layer", columns="task", values="h", dropna=False)
     return layers, grid.to_numpy(), half.reindex(index=layers, columns=tasks).to_numpy()
 
 
@@ -78,6 +87,7 @@ def correlation_surfaces(summary: pd.DataFrame, pairs: list[tuple[str, str]], dr
         X, Y = np.meshgrid(np.arange(grid.shape[1]), np.arange(len(layers)))
         ax.plot_surface(X, Y, grid, cmap="coolwarm", vmin=-1, vmax=1, edgecolor="k", linewidth=0.2)
         ax.set_zlim(-1, 1)
+        ax.set_xticks(range(grid.shape[1]))
         ax.set_xlabel("task", fontsize=8)
         ax.set_yticks(range(len(layers)), layers, fontsize=7)
         ax.set_title(f"{a} – {b}", fontsize=10)
@@ -88,8 +98,10 @@ def correlation_surfaces(summary: pd.DataFrame, pairs: list[tuple[str, str]], dr
 
 def correlation_heatmaps(summary: pd.DataFrame, pairs: list[tuple[str, str]], driver: str, title: str,
                          out: Path) -> str:
-    """Pearson and Spearman side by side per pair, each cell the mean over seeds ± half the 95% interval."""
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 1.25 * len(pairs) + 1), squeeze=False)
+    """Pearson and Spearman side by side per pair, each cell the mean over seeds ± half the 95% interval (where
+    there are MIN_SEEDS seeds or more)."""
+    # constrained layout keeps the suptitle clear of the first row's titles (tight_layout ignores it)
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 1.25 * len(pairs) + 1), squeeze=False, layout="constrained")
     for k, (a, b) in enumerate(pairs):
         for m, method in enumerate(("pearson", "spearman")):
             layers, grid, half = _grid(summary, a, b, method)
@@ -105,5 +117,4 @@ def correlation_heatmaps(summary: pd.DataFrame, pairs: list[tuple[str, str]], dr
     axes[-1, 0].set_xlabel("task")
     axes[-1, 1].set_xlabel("task")
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     return _save(fig, out, f"correlation_heatmaps_{driver}")
