@@ -23,6 +23,12 @@ CONTROLS = control_names(ESTIMATORS)  # uniform, shuffled-<est>, layermean-<est>
 DRIVERS = (*ESTIMATOR_DRIVERS, *CONTROLS)
 PAPER_DRIVERS = ("none", "fis", "mas", "si", "sig")  # `run --drivers paper`, the default
 MNIST_TRAIN_IMAGES = 60000
+SEQUENCES = ("permuted", "rotated", "split", "sequence")  # data.sequence: the kinds of task sequence (scenario.py)
+MODEL_KINDS = ("mlp", "conv")  # model.kind (model.py)
+SPLIT_CLASSES_PER_TASK = 2  # split-MNIST: classes 0/1, 2/3, … one pair per task
+IMAGE_SIDE = 28  # MNIST and Fashion-MNIST: 28×28 grey images
+# for a list field whose default is empty, the element type its values must have ("should be like …")
+FLOATS, STRINGS = {"like": (0.0,)}, {"like": ("mnist",)}
 
 
 @dataclass(frozen=True)
@@ -36,12 +42,27 @@ class DataConfig:
     # importance_samples training images, trained on (the author's code; its protocol has no validation split)
     importance_from: str = "validation"
     test_images: int = 10000
+    # the task sequence (benchmark/scenario.py): "permuted" (the paper's), "rotated", "split" or "sequence"
+    sequence: str = "permuted"
+    # rotated: task t's angle in degrees, counter-clockwise; none given: task 0 at 0°, the others drawn from the
+    # seed, uniformly in [0, max_angle)
+    angles: tuple[float, ...] = field(default=(), metadata=FLOATS)
+    max_angle: float = 180.0
+    datasets: tuple[str, ...] = field(default=(), metadata=STRINGS)  # sequence: task t's dataset
+    rotations: tuple[float, ...] = field(default=(), metadata=FLOATS)  # sequence: task t's rotation (none: 0°)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    hidden: tuple[int, ...] = (300, 150)
-    leaky_relu_slope: float = 0.01
+    kind: str = "mlp"  # "mlp": the paper's; "conv": the author's convolutional network (benchmark/model.py)
+    hidden: tuple[int, ...] = (300, 150)  # mlp
+    leaky_relu_slope: float = 0.01  # both
+    # conv: block i is Conv2d(channels[i], kernels[i]) → BatchNorm (if batch_norm) → leakyReLU → max-pool of
+    # window pools[i] (1: none); then one Linear layer to the classes
+    channels: tuple[int, ...] = (64, 128, 256)
+    kernels: tuple[int, ...] = (5, 3, 3)
+    pools: tuple[int, ...] = (2, 1, 1)
+    batch_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,7 +111,8 @@ class Config:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["penalty"] = {"lambda": d["penalty"].pop("lambda_")}
-        d["model"]["hidden"] = list(d["model"]["hidden"])
+        for section in ("data", "model"):
+            d[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in d[section].items()}
         d["estimators"]["observe"] = list(d["estimators"]["observe"])
         return d
 
@@ -135,6 +157,7 @@ def _parse_section(raw, cls, section: str, source: str):
             raise UsageError(f"{source}: unknown key {section}.{key}")
         f = fields[key]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = f.metadata.get("like", default)
         values[f.name] = _coerce(value, default, f"{section}.{key}", source)
     return cls(**values)
 
@@ -187,8 +210,10 @@ def _validate(c: Config, source: str) -> None:
     need(1 <= d.importance_samples <= importance_pool,
          f"data.importance_samples must be between 1 and data.{d.importance_from}_images")
     need(1 <= d.test_images <= 10000, "data.test_images must be between 1 and 10000")
+    _validate_sequence(d, need)
     need(len(c.model.hidden) >= 1 and all(h >= 1 for h in c.model.hidden), "model.hidden must be positive sizes")
     need(c.model.leaky_relu_slope >= 0, "model.leaky_relu_slope must be ≥ 0")
+    _validate_model(c.model, need)
     t = c.training
     need(t.optimizer in ("adam", "sgd"), f"training.optimizer = {t.optimizer!r}: choose 'adam' or 'sgd'")
     need(t.lr > 0, "training.lr must be > 0")
@@ -206,3 +231,38 @@ def _validate(c: Config, source: str) -> None:
     need(e.accumulation in ("sum", "online"), "estimators.accumulation must be 'sum' or 'online'")
     need(0 < e.online_gamma <= 1, "estimators.online_gamma must be in (0, 1]")
     need(0 < c.analysis.top_k_percent <= 100, "analysis.top_k_percent must be in (0, 100]")
+
+
+def _validate_sequence(d: DataConfig, need) -> None:
+    need(d.sequence in SEQUENCES, f"data.sequence = {d.sequence!r}: choose from {', '.join(SEQUENCES)}")
+    need(not d.angles or d.sequence == "rotated", "data.angles is for data.sequence = 'rotated'")
+    need(not (d.datasets or d.rotations) or d.sequence == "sequence",
+         "data.datasets and data.rotations are for data.sequence = 'sequence'")
+    if d.sequence == "rotated":
+        need(not d.angles or len(d.angles) == d.tasks, "data.angles must give one angle per task (data.tasks)")
+        need(d.max_angle > 0, "data.max_angle must be > 0")
+    if d.sequence == "split":
+        pairs = 10 // SPLIT_CLASSES_PER_TASK
+        need(d.tasks <= pairs, f"data.tasks must be at most {pairs} for split (one pair of classes per task)")
+    if d.sequence == "sequence":
+        need(len(d.datasets) == d.tasks, "data.datasets must name one dataset per task (data.tasks)")
+        unknown = [name for name in d.datasets if name not in DATASETS]
+        need(not unknown, f"data.datasets: unknown dataset {unknown[0]!r} (choose from {', '.join(DATASETS)})"
+             if unknown else "")
+        need(not d.rotations or len(d.rotations) == d.tasks,
+             "data.rotations must give one angle per task (data.tasks), or none")
+
+
+def _validate_model(m: ModelConfig, need) -> None:
+    need(m.kind in MODEL_KINDS, f"model.kind = {m.kind!r}: choose from {', '.join(MODEL_KINDS)}")
+    if m.kind != "conv":
+        return
+    need(len(m.channels) >= 1 and len(m.channels) == len(m.kernels) == len(m.pools),
+         "model.channels, model.kernels and model.pools must be equally long, one entry per block")
+    need(all(v >= 1 for v in (*m.channels, *m.kernels, *m.pools)),
+         "model.channels, model.kernels and model.pools must be ≥ 1")
+    side = IMAGE_SIDE
+    for kernel, pool in zip(m.kernels, m.pools):
+        side = (side - kernel + 1) // pool
+        need(side >= 1, f"model: the blocks shrink a {IMAGE_SIDE}×{IMAGE_SIDE} image to nothing "
+                        "(smaller kernels or pools)")

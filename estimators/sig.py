@@ -1,11 +1,19 @@
-"""Signal passed through a weight (Kutalev 2020, arXiv 2005.07107; the paper's "SIG").
+"""Signal passed through a weight (Kutalev 2020, arXiv 2005.07107; the paper's "SIG"), and its extension to
+convolutions and BatchNorm in the same spirit: a weight's importance is its magnitude times the mean magnitude of
+the signal it multiplies; a bias's is the mean magnitude of the signal its unit passes on.
 
-Weight W_ij of a Linear layer (input j → unit i):  Ω = |W_ij| · mean_n |x_nj|, x the layer's input.
-Bias b_i:  Ω = mean_n |a_ni|, a the layer's output after its activation — leakyReLU on hidden layers, softmax
-on the output layer.
+Linear weight W_ij (input j → unit i):  Ω = |W_ij| · mean_n |x_nj|, x the layer's input (the paper's).
+Conv2d weight W[o, c, u, v]:  Ω = |W[o, c, u, v]| · mean over samples and output positions of |unfold(x)[(c, u, v)]|,
+    the input entry the weight multiplies at each position the kernel slides over (zero padding included).
+BatchNorm weight γ_c:  Ω = |γ_c| · mean over samples and positions of |x̂_c|, x̂ = (x − running mean) /
+    √(running variance + ε): the normalised input γ multiplies (eval mode, as every importance).
+Bias b_i of any of them (BatchNorm's β too):  Ω = mean over samples (and positions) of |a_i|, a the signal the
+    unit passes on: the output of the elementwise activation applied directly to the layer's output, if one is
+    (leakyReLU in the paper's MLP and after the conv net's BatchNorm); softmax of the model's output for the
+    layer that produces it (the paper's output layer); else the layer's output itself (a Conv2d whose output
+    goes to BatchNorm).
 
-The model must be a chain Linear → elementwise activation → Linear → … (the paper's MLP), so that the
-activation output of a hidden Linear layer is the input of the next one.
+Any other layer with parameters is an error naming it: SIG is defined layer by layer.
 """
 
 import torch
@@ -13,7 +21,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from estimators.base import Estimator
-from estimators.per_sample import forward_capturing, linear_layers
+from estimators.per_sample import PER_SAMPLE_ELEMENTS, parameter_layers
+
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus)
+
+
+def leaf_calls(model: nn.Module, x: Tensor) -> tuple[Tensor, list[tuple[str, nn.Module, Tensor, Tensor]]]:
+    """Run the model; return its output and every call of a module without children, in order:
+    (name, module, input, output)."""
+    calls = []
+
+    def recorder(name: str):
+        return lambda module, args, out: calls.append((name, module, args[0], out))
+
+    handles = [m.register_forward_hook(recorder(name)) for name, m in model.named_modules()
+               if next(m.children(), None) is None]
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, calls
+
+
+def unit_sums(a: Tensor, unit_dim: int) -> Tensor:
+    """Σ |a| over everything but the unit axis (samples, positions)."""
+    dims = [d for d in range(a.dim()) if d != unit_dim % a.dim()]
+    return a.abs().sum(dims)
 
 
 class SignalImportance(Estimator):
@@ -24,20 +58,62 @@ class SignalImportance(Estimator):
 
     @torch.no_grad()
     def importance(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        layers = linear_layers(model)
-        input_sums = [layer.weight.new_zeros(layer.in_features) for _, layer in layers]
-        activation_sums = [layer.weight.new_zeros(layer.out_features) for _, layer in layers]
+        layers = dict(parameter_layers(model))
+        for name, layer in layers.items():
+            if not isinstance(layer, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
+                raise ValueError(f"SIG has no rule for layer {name} ({type(layer).__name__}): it is defined for "
+                                 "Linear, Conv2d and BatchNorm layers")
+        input_sums: dict[str, Tensor] = {}  # per layer: Σ |input entry a weight multiplies|, and how many entries
+        signal_sums: dict[str, Tensor] = {}  # per layer: Σ |signal passed on| per unit
+        counts: dict[str, list[float]] = {name: [0.0, 0.0] for name in layers}
         for start in range(0, len(x), self.batch_size):
-            out, inputs, _ = forward_capturing(model, x[start:start + self.batch_size])
-            activations = inputs[1:] + [F.softmax(out, dim=1)]
-            for i, (a_in, a_out) in enumerate(zip(inputs, activations)):
-                if a_out.shape[1] != layers[i][1].out_features:
-                    raise ValueError("SIG needs a chain of Linear layers: a layer's output feeds the next one")
-                input_sums[i] += a_in.abs().sum(0)
-                activation_sums[i] += a_out.abs().sum(0)
+            out, calls = leaf_calls(model, x[start:start + self.batch_size])
+            last = max(i for i, call in enumerate(calls) if call[0] in layers)
+            for i, (name, layer, a_in, a_out) in enumerate(calls):
+                if name not in layers:
+                    continue
+                inputs, n_inputs = self.input_magnitudes(layer, a_in)
+                signal = self.passed_on(calls, i, out if i == last and out.shape == a_out.shape else None)
+                unit_dim = -1 if isinstance(layer, nn.Linear) else 1
+                input_sums[name] = input_sums.get(name, 0) + inputs
+                signal_sums[name] = signal_sums.get(name, 0) + unit_sums(signal, unit_dim)
+                counts[name][0] += n_inputs
+                counts[name][1] += signal.numel() / signal.shape[unit_dim]
         result = {}
-        for (name, layer), s_in, s_out in zip(layers, input_sums, activation_sums):
-            result[f"{name}.weight"] = layer.weight.abs() * (s_in / len(x))[None, :]
+        for name, layer in layers.items():
+            prefix = f"{name}." if name else ""
+            mean_input = input_sums[name] / counts[name][0]
+            if isinstance(layer, nn.Conv2d):
+                mean_input = mean_input.view(1, *layer.weight.shape[1:])
+            result[f"{prefix}weight"] = layer.weight.abs() * mean_input
             if layer.bias is not None:
-                result[f"{name}.bias"] = s_out / len(x)
+                result[f"{prefix}bias"] = signal_sums[name] / counts[name][1]
         return result
+
+    @staticmethod
+    def input_magnitudes(layer: nn.Module, a: Tensor) -> tuple[Tensor, float]:
+        """Σ over samples (and positions) of |the input entry each weight multiplies|, and the number summed."""
+        if isinstance(layer, nn.Linear):
+            return unit_sums(a, -1), a.numel() / a.shape[-1]
+        if isinstance(layer, nn.Conv2d):
+            total, count = 0, 0.0
+            patch = layer.weight[0].numel()
+            step = max(1, PER_SAMPLE_ELEMENTS // (patch * a.shape[2] * a.shape[3]))
+            for start in range(0, len(a), step):
+                patches = F.unfold(a[start:start + step], layer.kernel_size, layer.dilation, layer.padding,
+                                   layer.stride)
+                total = total + patches.abs().sum((0, 2))
+                count += patches.shape[0] * patches.shape[2]
+            return total, count
+        shape = [1, -1] + [1] * (a.dim() - 2)  # BatchNorm: per channel, the normalised input γ multiplies
+        normalised = (a - layer.running_mean.view(shape)) / (layer.running_var.view(shape) + layer.eps).sqrt()
+        return unit_sums(normalised, 1), a.numel() / a.shape[1]
+
+    @staticmethod
+    def passed_on(calls: list, i: int, model_output: Tensor | None) -> Tensor:
+        """What layer call i's units pass on (module docstring)."""
+        output = calls[i][3]
+        for _, module, a_in, a_out in calls[i + 1:]:
+            if a_in is output and isinstance(module, ACTIVATIONS):
+                return a_out
+        return F.softmax(model_output, dim=1) if model_output is not None else output

@@ -101,3 +101,63 @@ def batched_fisher_loop(model: nn.Module, x, y, batch_size: int) -> dict[str, to
             sums[k] += mean_grad[k].square()
         batches += 1
     return {k: v / batches for k, v in sums.items()}
+
+
+def conv_net_signal_loop(model: nn.Sequential, x) -> dict[str, torch.Tensor]:
+    """SIG of a Sequential of Unflatten, Conv2d, BatchNorm2d, activations, MaxPool2d, Flatten and Linear layers
+    from its definition (estimators/sig.py), one sample at a time, a conv weight's inputs read position by
+    position from the padded input rather than through unfold."""
+    children = list(model.named_children())
+    activations = (nn.LeakyReLU, nn.ReLU)
+    has_params = [name for name, m in children if list(m.parameters())]
+    inputs = {name: 0.0 for name in has_params}
+    signals = {name: 0.0 for name in has_params}
+    counts = {name: [0, 0] for name in has_params}
+    with torch.no_grad():
+        for n in range(len(x)):
+            h = x[n:n + 1]
+            outputs = []
+            for name, m in children:
+                outputs.append((name, m, h, m(h)))
+                h = outputs[-1][3]
+            for i, (name, m, a_in, a_out) in enumerate(outputs):
+                if name not in has_params:
+                    continue
+                follower = outputs[i + 1][1] if i + 1 < len(outputs) else None
+                signal = outputs[i + 1][3] if isinstance(follower, activations) else a_out
+                if name == has_params[-1]:
+                    signal = F.softmax(a_out, 1)
+                if isinstance(m, nn.Conv2d):
+                    c_in, kh, kw = m.weight.shape[1:]
+                    padded = F.pad(a_in, (m.padding[1], m.padding[1], m.padding[0], m.padding[0]))
+                    total = torch.zeros(c_in, kh, kw, dtype=x.dtype)
+                    positions = 0
+                    for r in range(a_out.shape[2]):
+                        for c in range(a_out.shape[3]):
+                            total += padded[0, :, r:r + kh, c:c + kw].abs()
+                            positions += 1
+                    inputs[name] = inputs[name] + total
+                    counts[name][0] += positions
+                    signals[name] = signals[name] + signal[0].abs().flatten(1).sum(1)
+                    counts[name][1] += signal[0, 0].numel()
+                elif isinstance(m, nn.BatchNorm2d):
+                    normalised = (a_in[0] - m.running_mean[:, None, None]) / \
+                        (m.running_var[:, None, None] + m.eps).sqrt()
+                    inputs[name] = inputs[name] + normalised.abs().flatten(1).sum(1)
+                    counts[name][0] += normalised[0].numel()
+                    signals[name] = signals[name] + signal[0].abs().flatten(1).sum(1)
+                    counts[name][1] += signal[0, 0].numel()
+                else:
+                    inputs[name] = inputs[name] + a_in[0].abs()
+                    counts[name][0] += 1
+                    signals[name] = signals[name] + signal[0].abs()
+                    counts[name][1] += 1
+    result = {}
+    for name, m in children:
+        if name not in has_params:
+            continue
+        mean_input = inputs[name] / counts[name][0]
+        result[f"{name}.weight"] = m.weight.detach().abs() * (mean_input[None] if isinstance(m, nn.Conv2d)
+                                                              else mean_input)
+        result[f"{name}.bias"] = signals[name] / counts[name][1]
+    return result
