@@ -1,6 +1,7 @@
 """`python -m benchmark report` on real smoke runs in a real MLflow store: its numbers against the runs' own
 CSVs, its figures on disk, its verdicts against its numbers."""
 
+import json
 import os
 import re
 import shutil
@@ -138,6 +139,50 @@ def test_no_interval_or_band_from_fewer_than_three_seeds(report, tmp_path):
 
     three = {"mas": [mean_ci([0.9, 0.92, 0.95]), mean_ci([0.8, 0.85, 0.83])]}
     assert "PolyCollection" in (tmp_path / f"{accuracy_curves(three, tmp_path)}.svg").read_text()
+
+
+def browser_problems(index: Path) -> list[str]:
+    """What a reader would hit in index.html, found by headless Chromium: requests that failed while the page
+    loaded, images that did not load or decode, links whose target does not open (a CSV opens as a download,
+    which Chromium reports as net::ERR_ABORTED), in-page links to no element."""
+    from tests.browser import Browser, BrowserError, find_chromium
+
+    problems = []
+    with Browser(find_chromium()) as browser:
+        page = browser.open(index.as_uri())
+        problems += [f"failed request {failure}" for failure in browser.failed_requests(page)]
+        images = browser.evaluate(page, "[...document.images].map(i => [i.src, i.complete && i.naturalWidth > 0])")
+        problems += [f"image not shown: {src}" for src, shown in images if not shown]
+        links = browser.evaluate(page, "[...document.querySelectorAll('a[href]')].map(a => [a.getAttribute('href'), "
+                                       "a.href])")
+        for href, url in links:
+            if href.startswith("#"):
+                if not browser.evaluate(page, f"document.getElementById({json.dumps(href[1:])}) !== null"):
+                    problems.append(f"no element for {href}")
+                continue
+            try:
+                browser.open(url)
+            except BrowserError as e:
+                if not (url.endswith(".csv") and "net::ERR_ABORTED" in str(e)):
+                    problems.append(f"broken link {href}: {e}")
+    return problems + [f"{len(images)} images"]
+
+
+@pytest.mark.skipif(not shutil.which("chromium") and not shutil.which("chromium-browser"),
+                    reason="no Chromium (Debian: apt-get install chromium)")
+def test_the_report_in_a_real_browser(report, tmp_path):
+    figures = len(list(report.glob("*.png")))
+    assert browser_problems(report / "index.html") == [f"{figures} images"]
+
+    broken = tmp_path / "broken"  # the check finds what it is there for
+    shutil.copytree(report, broken)
+    (broken / "acc_curves.png").unlink()
+    (broken / "claims.csv").unlink()
+    (broken / "correlation_heatmaps_mas.svg").unlink()
+    problems = browser_problems(broken / "index.html")
+    assert any(p.startswith("image not shown: ") and p.endswith("/acc_curves.png") for p in problems)
+    assert any(p.startswith("broken link claims.csv: ") and "ERR_FILE_NOT_FOUND" in p for p in problems)
+    assert any(p.startswith("broken link correlation_heatmaps_mas.svg: ") for p in problems)
 
 
 def test_estimate_short_form():
