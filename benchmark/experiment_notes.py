@@ -4,22 +4,73 @@ compare drivers in the UI (checked against MLflow 3.17; README, "Look at the run
 
 from benchmark.config import Config
 
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
 # MLflow 3 opens an experiment in its GenAI view (traces, "Detect Issues"); the runs are in "Model training". The
 # note's first line is what the UI shows before the note is expanded, so it says that.
 RUNS_VIEW = ("**To see the runs:** MLflow 3 opens experiments in its GenAI view; switch the toggle at the top left to "
              "**Model training** (or add `?workflowType=machine_learning` to the page's address).")
 
 
+NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+def sequence_summary(d) -> str:
+    dataset = NAMES.get(d.dataset, d.dataset)
+    if d.sequence == "rotated":
+        angles = ", ".join(f"{a:g}°" for a in d.angles) if d.angles else \
+            f"task 0 upright, the others drawn from the seed in [0°, {d.max_angle:g}°)"
+        return f"rotated {dataset}, {d.tasks} tasks ({angles})"
+    if d.sequence == "split":
+        return f"split {dataset}, {d.tasks} tasks (classes 0/1, 2/3, …; task-incremental, one head per task)"
+    if d.sequence == "sequence":
+        rotations = d.rotations or (0.0,) * d.tasks
+        return "a sequence of " + " → ".join(NAMES.get(n, n) + (f" rotated {r:g}°" if r else "")
+                                             for n, r in zip(d.datasets, rotations))
+    return (f"permuted {dataset}, {d.tasks} tasks (task 0 the plain images, the others fixed pixel permutations "
+            "drawn from the seed)")
+
+
+def model_summary(m) -> str:
+    if m.kind == "conv":
+        blocks = " → ".join(f"conv {c}×{k}" + (f" pool {p}" if p > 1 else "")
+                            for c, k, p in zip(m.channels, m.kernels, m.pools))
+        return f"convolutional network {blocks}{' with BatchNorm' if m.batch_norm else ''} → linear 10"
+    return f"MLP {'-'.join(map(str, (784, *m.hidden, 10)))}"
+
+
+def _tasks(config: Config) -> str:
+    d = config.data
+    dataset = DATASET_NAMES.get(d.dataset, d.dataset)
+    if d.sequence == "permuted":
+        return (f"permuted {dataset}, {d.tasks} tasks (task 0 the plain images, the others fixed pixel permutations "
+                "drawn from the seed)")
+    if d.sequence == "rotated":
+        angles = (f"angles {', '.join(f'{a:g}°' for a in d.angles)}" if d.angles else
+                  f"task 0 at 0°, the others at angles drawn from the seed in [0°, {d.max_angle:g}°)")
+        return f"rotated {dataset}, {d.tasks} tasks ({angles})"
+    if d.sequence == "split":
+        return f"split {dataset}, {d.tasks} tasks of two classes each (0/1, 2/3, …)"
+    rotations = f", rotated by {', '.join(f'{a:g}°' for a in d.rotations)}" if d.rotations else ""
+    return f"{d.tasks} tasks, one dataset each ({', '.join(DATASET_NAMES.get(x, x) for x in d.datasets)}{rotations})"
+
+
+def _model(config: Config) -> str:
+    m = config.model
+    if m.kind == "conv":
+        return (f"convolutional network (channels {'-'.join(map(str, m.channels))}, kernels "
+                f"{'-'.join(map(str, m.kernels))}, pools {'-'.join(map(str, m.pools))}"
+                f"{', BatchNorm' if m.batch_norm else ''}, leakyReLU {m.leaky_relu_slope}, then a linear layer)")
+    return f"MLP with hidden layers {'-'.join(map(str, m.hidden))} (leakyReLU {m.leaky_relu_slope})"
+
+
 def protocol_summary(config: Config) -> str:
-    d, m, t = config.data, config.model, config.training
-    dataset = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}.get(d.dataset, d.dataset)
-    layers = "-".join(map(str, (784, *m.hidden, 10)))
+    d, t = config.data, config.training
     validation = f"{d.validation_images} validation images" if d.validation_images else "no validation split"
-    return (f"**Protocol `{config.protocol}`**: permuted {dataset}, {d.tasks} tasks (task 0 the plain images, the "
-            f"others fixed pixel permutations drawn from the seed); MLP {layers} (leakyReLU {m.leaky_relu_slope}); "
-            f"{t.optimizer} lr {t.lr:g}, batch {t.batch_size}, {t.epochs} epoch{'s' if t.epochs != 1 else ''} a "
-            f"task on {d.train_images} training images; importances from {d.importance_samples} samples "
-            f"({d.importance_from} split); {validation}; accuracies on {d.test_images} test images.")
+    return (f"**Protocol `{config.protocol}`**: {_tasks(config)}; {_model(config)}; {t.optimizer} lr {t.lr:g}, batch "
+            f"{t.batch_size}, {t.epochs} epoch{'s' if t.epochs != 1 else ''} a task on {d.train_images} training "
+            f"images; importances from {d.importance_samples} samples ({d.importance_from} split); {validation}; "
+            f"accuracies on {d.test_images} test images.")
 
 
 def sweep_experiment_description(config: Config) -> str:
@@ -32,9 +83,10 @@ def sweep_experiment_description(config: Config) -> str:
         "`forgetting` after the last task, `test_acc` and `task_seconds` per task (the step is the task); its "
         "artifacts: `accuracy_matrix.csv`, `correlations.csv`, `config.json`, parameters and importances per task. "
         "`python -m benchmark report` adds its report to the parent run's artifacts (`report/index.html`).",
-        "**Compare drivers.** *Group by* → Tags → `driver`; then the chart view (the second icon left of the search "
-        "box) → *Add chart* → *Bar chart*, metric `ACC`: a bar per driver, the mean over its seeds. A group's row "
-        "in the table opens onto its cells; the sweep itself has no driver and is under *Additional runs*.",
+        "**Compare drivers.** The cells are hidden under their sweep (the `+` beside its name shows them). *Group "
+        "by* → Tags → `driver`; then the chart view (the second icon left of the search box) → *Add chart* → *Bar "
+        "chart*, metric `ACC`: a bar per driver, the mean over its seeds. A group's row in the table opens onto its "
+        "cells; the sweep itself has no driver and is under *Additional runs*.",
     ])
 
 
@@ -46,6 +98,7 @@ def tuning_experiment_description(config: Config) -> str:
         "`tune-<driver>`; tags `study`, `best_lambda`, trial counts), one child run per trial (`kind` = `trial`, "
         "named `<driver>-trial<n>`; param `lambda`, tags `trial_state`, `prune_reason`). Metrics: `val_acc` per "
         "task (validation split only; the step is the task) and `objective`, the trial's validation ACC.",
-        "**Compare trials.** The chart view (the second icon left of the search box) → *Add chart* → *Scatter "
-        "chart*, X axis the param `lambda`, Y axis the metric `objective`.",
+        "**Compare trials.** Expand a tune run (the `+` beside its name: its trials are hidden under it), then the "
+        "chart view (the second icon left of the search box) → *Add chart* → *Scatter chart*; X axis: type "
+        "`lambda` and pick the param; Y axis: the metric `objective`.",
     ])

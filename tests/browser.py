@@ -64,6 +64,12 @@ class Browser:
             self.process.wait()
         os.close(self._commands)
         os.close(self._replies)
+        for _ in range(20):  # Chromium's helper processes may still be writing to the profile for a moment
+            try:
+                self.profile.cleanup()
+                return
+            except OSError:
+                time.sleep(0.25)
         self.profile.cleanup()
 
     def _message(self, deadline: float) -> dict:

@@ -122,7 +122,7 @@ def test_the_experiment_says_what_its_runs_are(smoke_store):
 
     note = MlflowClient(smoke_store).get_experiment_by_name("pmnist-smoke").tags["mlflow.note.content"]
     assert note.startswith(RUNS_VIEW + "\n\n**Protocol `smoke`**: permuted MNIST, 3 tasks")
-    assert "MLP 784-32-16-10" in note and "1000 training images" in note and "named `smoke-sweep`" in note
+    assert "MLP with hidden layers 32-16" in note and "1000 training images" in note and "named `smoke-sweep`" in note
     assert "*Group by* → Tags → `driver`" in note and "metric `ACC`" in note
 
 
