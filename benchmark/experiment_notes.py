@@ -7,36 +7,10 @@ from benchmark.config import Config
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
 # MLflow 3 opens an experiment in its GenAI view (traces, "Detect Issues"); the runs are in "Model training". The
-# note's first line is what the UI shows before the note is expanded, so it says that.
-RUNS_VIEW = ("**To see the runs:** MLflow 3 opens experiments in its GenAI view; switch the toggle at the top left to "
-             "**Model training** (or add `?workflowType=machine_learning` to the page's address).")
-
-
-NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
-
-
-def sequence_summary(d) -> str:
-    dataset = NAMES.get(d.dataset, d.dataset)
-    if d.sequence == "rotated":
-        angles = ", ".join(f"{a:g}°" for a in d.angles) if d.angles else \
-            f"task 0 upright, the others drawn from the seed in [0°, {d.max_angle:g}°)"
-        return f"rotated {dataset}, {d.tasks} tasks ({angles})"
-    if d.sequence == "split":
-        return f"split {dataset}, {d.tasks} tasks (classes 0/1, 2/3, …; task-incremental, one head per task)"
-    if d.sequence == "sequence":
-        rotations = d.rotations or (0.0,) * d.tasks
-        return "a sequence of " + " → ".join(NAMES.get(n, n) + (f" rotated {r:g}°" if r else "")
-                                             for n, r in zip(d.datasets, rotations))
-    return (f"permuted {dataset}, {d.tasks} tasks (task 0 the plain images, the others fixed pixel permutations "
-            "drawn from the seed)")
-
-
-def model_summary(m) -> str:
-    if m.kind == "conv":
-        blocks = " → ".join(f"conv {c}×{k}" + (f" pool {p}" if p > 1 else "")
-                            for c, k, p in zip(m.channels, m.kernels, m.pools))
-        return f"convolutional network {blocks}{' with BatchNorm' if m.batch_norm else ''} → linear 10"
-    return f"MLP {'-'.join(map(str, (784, *m.hidden, 10)))}"
+# note's first line is what the experiment page shows before the note is expanded, and the experiments list shows
+# its first characters as they are, Markdown and all: so it is plain text and says where the runs are.
+RUNS_VIEW = ("To see the runs, click Model training in the toggle at the top left (MLflow 3 opens experiments in its "
+             "GenAI view; the browser remembers the choice), or add ?workflowType=machine_learning to the address.")
 
 
 def _tasks(config: Config) -> str:
