@@ -148,17 +148,30 @@ def read_config(args) -> Config:
 
 
 def load_data(config: Config, args):
-    """The protocol's dataset split as it says, on the chosen device."""
+    """The protocol's datasets, each split as it says, on the chosen device: {dataset name: splits}."""
     import torch
 
-    from benchmark.scenario import load_dataset, make_splits
+    from benchmark.scenario import datasets_needed, load_dataset, make_splits
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or "data"
-    return make_splits(config.data, load_dataset(data_dir, config.data.dataset, download=not args.no_download),
-                       device)
+    return {name: make_splits(config.data, load_dataset(data_dir, name, download=not args.no_download), device)
+            for name in datasets_needed(config.data)}
+
+
+def check_model(config: Config, parallel_seeds: int) -> None:
+    """What the protocol's model and task sequence allow, before any data is read or anything written."""
+    from benchmark.model import check_exact
+
+    if parallel_seeds > 1 and (config.model.kind != "mlp" or config.data.sequence != "permuted"):
+        raise UsageError(f"--parallel-seeds trains the MLP on permuted tasks only, not model.kind = "
+                         f"{config.model.kind!r} on data.sequence = {config.data.sequence!r}")
+    try:
+        check_exact(config.model)
+    except ValueError as e:
+        raise UsageError(f"model.kind = {config.model.kind!r}: {e}") from None
 
 
 def open_store(args, must_exist: bool = False):
@@ -190,6 +203,7 @@ def command_run(args) -> int:
     drivers = parse_drivers(args.drivers)
     lambdas, provenance = resolve_lambdas(config, drivers, args)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    check_model(config, args.parallel_seeds)
     splits = load_data(config, args)
     store = open_store(args)
     print("\n".join(provenance), file=sys.stderr)  # after every check of the input, before the first cell

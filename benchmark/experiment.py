@@ -23,12 +23,17 @@ from benchmark.loop import Diverged, TaskResult, run_sequence
 from benchmark.metrics import average_accuracy, backward_transfer, forgetting
 from benchmark.parallel_seeds import run_sequences
 from benchmark.progress import Progress
-from benchmark.scenario import PermutedMNIST, Splits, make_scenario
+from benchmark.scenario import PermutedMNIST, Splits, TaskSequence, make_task_sequence
 from tracking import Run, Store
 
 
 def experiment_name(config: Config) -> str:
-    return f"p{config.data.dataset}-{config.protocol}"  # pmnist-paper, pfashion-mnist-quick, …
+    d = config.data
+    if d.sequence == "permuted":
+        return f"p{d.dataset}-{config.protocol}"  # pmnist-paper, pfashion-mnist-quick, …
+    if d.sequence == "sequence":
+        return f"sequence-{config.protocol}"  # sequence-conv: the datasets are the protocol's
+    return f"{d.sequence}-{d.dataset}-{config.protocol}"  # rotated-mnist-rotated-quick, split-mnist-split-quick
 
 
 def git_commit() -> str:
@@ -63,14 +68,14 @@ def config_hash(resolved: dict) -> str:
 
 
 def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int], lambdas: dict[str, Lambda],
-              splits: Splits, log_importances: str, command: str,
+              splits: dict[str, Splits], log_importances: str, command: str,
               parallel_seeds: int = 1) -> tuple[dict[tuple[str, int], str], list[str]]:
     """Run every (driver, seed) cell not already finished in the store with the same configuration; with
     parallel_seeds > 1, up to that many seeds of a driver are trained together (benchmark.parallel_seeds).
 
     Returns each cell's status and the ids of the finished runs that were reused instead of run again."""
     experiment = experiment_name(config)
-    device = str(splits.train.x.device)
+    device = str(next(iter(splits.values())).train.x.device)
     cells = {}
     for driver in drivers:
         for seed in seeds:
@@ -102,7 +107,7 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
             for start in range(0, len(seeds_left), parallel_seeds):
                 group = seeds_left[start:start + parallel_seeds]
                 progress.describe(f"{driver} seed{'s' if len(group) > 1 else ''} {','.join(map(str, group))}")
-                scenarios = [make_scenario(splits, config.data.tasks, seed) for seed in group]
+                scenarios = [make_task_sequence(config.data, splits, seed) for seed in group]
                 if len(group) == 1:
                     statuses[(driver, group[0])] = run_cell(store, experiment, parent, config,
                                                             cells[(driver, group[0])], scenarios[0], progress)
@@ -130,7 +135,7 @@ class CellRecord:
     """One (driver, seed) cell's MLflow run, filled task by task: the layout README's "Artifacts" describes."""
 
     def __init__(self, store: Store, experiment: str, parent: Run, config: Config, resolved: dict,
-                 scenario: PermutedMNIST, parallel_seeds: int = 1):
+                 scenario: TaskSequence, parallel_seeds: int = 1):
         driver, seed = resolved["driver"], resolved["seed"]
         self.config, self.resolved, self.scenario = config, resolved, scenario
         self.started = time.monotonic()  # the cell's wall time, for the progress line
@@ -146,8 +151,12 @@ class CellRecord:
     def start(self) -> None:
         self.run.log_params(flatten({k: v for k, v in self.resolved.items() if k != "penalty"}))
         self.run.log_json(self.resolved, "config.json")
-        self.run.log_array(self.scenario.permutations, "permutations.npy")
-        self.run.log_array(self.scenario.importance.indices.astype(np.int64), "importance_samples.npy")
+        for name, content in self.scenario.record().items():  # what recomputes the task sequence
+            if isinstance(content, np.ndarray):
+                self.run.log_array(content, name)
+            else:
+                self.run.log_json(content, name)
+        self.run.log_array(self.scenario.importance_indices.astype(np.int64), "importance_samples.npy")
 
     def task(self, result: TaskResult) -> None:
         run, t = self.run, result.task
@@ -217,7 +226,7 @@ class CellRecord:
             self.run.finish("FAILED")
 
 
-def run_cell(store: Store, experiment: str, parent: Run, config: Config, resolved: dict, scenario: PermutedMNIST,
+def run_cell(store: Store, experiment: str, parent: Run, config: Config, resolved: dict, scenario: TaskSequence,
              progress: Progress) -> str:
     record = CellRecord(store, experiment, parent, config, resolved, scenario)
     try:

@@ -7,6 +7,7 @@ observe every run; only the driver's importances enter the penalty.
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.config import Config
-from benchmark.model import make_mlp
-from benchmark.scenario import PermutedMNIST, Split
+from benchmark.model import make_model
+from benchmark.scenario import PermutedMNIST, Split, TaskSequence
 from estimators import ESTIMATORS, Estimator
 from estimators.controls import Control, base_estimator
 
@@ -137,14 +138,15 @@ def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=t.lr)
 
 
-def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: PermutedMNIST,
+def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: TaskSequence,
                  use_test_split: bool = True) -> Iterator[TaskResult]:
-    """Train tasks 0 .. T-1 in order with the driver's penalty; yield each task's results as it ends.
+    """Train tasks 0 .. T-1 in order with the driver's penalty; yield each task's results as it ends. Training
+    and importances of task t see task t's head (scenario.classes), evaluation each task's own.
 
     use_test_split=False (tuning) never reads the test images: test_accuracy stays empty."""
-    device = scenario.train.x.device
+    device = scenario.device
     torch.manual_seed(seed)  # the initial weights: the same for every driver with this seed
-    model = make_mlp(config.model).to(device)
+    model = make_model(config.model).to(device)
     optimizer = make_optimizer(config, model)  # one optimiser across tasks, as in the author's code
     shuffle = torch.Generator().manual_seed(seed)
     estimators = make_estimators(config, seed, driver)
@@ -152,18 +154,16 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: P
     penalty = Penalty(lam if driver != "none" else 0.0)
     names = [name for name, _ in model.named_parameters()]
     accumulated: Importances = {}
-    permutations = torch.from_numpy(scenario.permutations)
 
     for task in range(scenario.tasks):
         started = time.perf_counter()
         for estimator in estimators.values():
             estimator.begin_task(model)
-        losses, penalties = train_task(model, optimizer, scenario.inputs(scenario.train, task), scenario.train.y,
-                            config, shuffle, penalty, [e for e in estimators.values() if e.observes_steps], task)
-
-        model.eval()
-        x_imp, y_imp = scenario.inputs(scenario.importance, task), scenario.importance.y
-        increments = task_importances(estimators, control, model, x_imp, y_imp)
+        with task_head(model, scenario.classes(task)):
+            losses, penalties = train_task(model, optimizer, *scenario.split("train", task), config, shuffle,
+                                           penalty, [e for e in estimators.values() if e.observes_steps], task)
+            model.eval()
+            increments = task_importances(estimators, control, model, *scenario.split("importance", task))
         accumulated = accumulate(accumulated, increments, config)
         if driver != "none":
             params = list(model.parameters())
@@ -171,8 +171,8 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: P
 
         yield TaskResult(
             task=task,
-            test_accuracy=task_accuracies(model, scenario.test, permutations) if use_test_split else [],
-            validation_accuracy=task_accuracies(model, scenario.validation, permutations),
+            test_accuracy=evaluate(model, scenario, "test") if use_test_split else [],
+            validation_accuracy=evaluate(model, scenario, "validation"),
             increments=increments,
             accumulated=accumulated,
             state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -277,3 +277,46 @@ def task_accuracies(model: nn.Sequential, split: Split, permutations: Tensor, ch
         logits = rest(h.reshape(tasks * len(x), hidden)).view(tasks, len(x), -1)
         correct += (logits.argmax(2) == y).sum(1)
     return (correct.double() / len(split.x)).tolist()
+
+
+def evaluate(model: nn.Module, scenario: TaskSequence, split: str) -> list[float]:
+    """The model's accuracy on every task of the sequence on one split, each task through its own head; none for
+    an empty split. The paper's MLP on permuted tasks takes task_accuracies' shortcut."""
+    if isinstance(scenario, PermutedMNIST) and isinstance(model, nn.Sequential) and isinstance(model[0], nn.Linear):
+        return task_accuracies(model, getattr(scenario, split), torch.from_numpy(scenario.permutations))
+    accuracies = []
+    for task in range(scenario.tasks):
+        x, y = scenario.split(split, task)
+        if not len(x):
+            return []
+        with task_head(model, scenario.classes(task)):
+            accuracies.append(accuracy(model, x, y))
+    return accuracies
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 500) -> float:
+    correct = sum(int((model(x[start:start + chunk]).argmax(1) == y[start:start + chunk]).sum())
+                  for start in range(0, len(x), chunk))
+    return correct / len(x)
+
+
+@contextmanager
+def task_head(model: nn.Module, classes: Tensor | None) -> Iterator[None]:
+    """Within it the model's logits outside `classes` are −inf, so that softmax, the loss, the prediction and
+    every importance see only the task's classes: one head per task (the output layer's rows of its classes,
+    task-incremental), while the model stays one module with one output, whatever the model. None: all classes."""
+    if classes is None:
+        yield
+        return
+
+    def mask(_module, _args, out: Tensor) -> Tensor:
+        keep = torch.zeros(out.shape[-1], dtype=torch.bool, device=out.device)
+        keep[classes] = True
+        return out.masked_fill(~keep, float("-inf"))
+
+    handle = model.register_forward_hook(mask)
+    try:
+        yield
+    finally:
+        handle.remove()

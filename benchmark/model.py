@@ -58,3 +58,15 @@ MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {"mlp": make_mlp, "conv"
 
 def make_model(config: ModelConfig) -> nn.Module:
     return MODELS[config.kind](config)
+
+
+def check_exact(config: ModelConfig) -> None:
+    """A ValueError naming the layer if the exact per-sample rules (estimators/per_sample.py) cannot treat the
+    model in eval mode, found on two images before any training rather than after the first task."""
+    import torch
+
+    from estimators.per_sample import per_sample_gradient_moment
+
+    model = make_model(config).eval()
+    per_sample_gradient_moment(model, torch.rand(2, PIXELS), torch.zeros(2, dtype=torch.int64),
+                               lambda out, _y: out.sum(1), power=2)

@@ -1,4 +1,4 @@
-"""Permuted MNIST: the splits, the pixel permutations, and which images the importances are computed on.
+"""Task sequences: the splits, the tasks built from them, and which images the importances are computed on.
 
 MNIST's 60k training images are split by index: images 0 .. train_images-1 are trained on; the last
 validation_images images (55000–59999 in the paper protocol) are the validation split, and the first
@@ -9,17 +9,36 @@ a validation split). The 10k test images give the reported accuracies. Pixels ar
 Task 0 is MNIST itself; task t ≥ 1 shows every image with its pixels reordered by permutations[t]:
 permuted_image[k] = image[permutations[t][k]]. The permutations are drawn once from the run's seed (never per
 data-loader worker) and stored with the run, so that every driver with the same seed sees the same tasks.
+
+The other kinds of sequence (data.sequence; README, "Models and task sequences") keep the same splits of each
+dataset they use and build task t from them (ImageTasks): `rotated` rotates every image by task t's angle,
+`split` keeps the images of task t's pair of classes (split-MNIST, task-incremental), `sequence` takes a list of
+datasets, each optionally rotated (the author's MNIST → Fashion-MNIST → MNIST rotated 90° → Fashion-MNIST
+rotated 90°).
+
+The task-sequence protocol, what the training loop asks of a sequence (PermutedMNIST and ImageTasks follow it):
+    tasks                 how many tasks
+    split(name, t)        (inputs [N, 784] float, labels [N] int64) of split name ("train", "validation",
+                          "importance", "test") for task t; the importance samples are the model's data for
+                          task t's importances
+    classes(t)            the output units task t is trained, evaluated and its importances computed on (a
+                          task-incremental head), or None for all of them
+    record()              {artifact name: array or JSON-able dict}: what a run stores to recompute the sequence
+    importance_indices    positions in the training set of the importance samples (importance_samples.npy)
+    device                where the tensors live
 """
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from benchmark.config import MNIST_TRAIN_IMAGES, DataConfig
+from benchmark.config import IMAGE_SIDE, MNIST_TRAIN_IMAGES, SPLIT_CLASSES_PER_TASK, DataConfig
 from benchmark.errors import UsageError
 
 PIXELS = 28 * 28
@@ -67,6 +86,101 @@ class PermutedMNIST:
 
     def inputs(self, split: Split, task: int) -> Tensor:
         return split.x[:, torch.from_numpy(self.permutations[task]).to(split.x.device)]
+
+    def split(self, name: str, task: int) -> tuple[Tensor, Tensor]:
+        s = getattr(self.splits, name)
+        return self.inputs(s, task), s.y
+
+    def classes(self, task: int) -> Tensor | None:
+        return None
+
+    def record(self) -> dict[str, object]:
+        return {"permutations.npy": self.permutations}
+
+    @property
+    def importance_indices(self) -> np.ndarray:
+        return self.importance.indices
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.x.device
+
+
+class TaskSequence(Protocol):
+    """The task-sequence protocol (module docstring)."""
+
+    tasks: int
+
+    def split(self, name: str, task: int) -> tuple[Tensor, Tensor]: ...
+
+    def classes(self, task: int) -> Tensor | None: ...
+
+    def record(self) -> dict[str, object]: ...
+
+    @property
+    def importance_indices(self) -> np.ndarray: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+
+@dataclass(frozen=True)
+class ImageTasks:
+    """Task t: the images of dataset datasets[t], rotated by angles[t] degrees, restricted to class_sets[t] (all
+    classes where class_sets is None): rotated, split and sequence."""
+
+    kind: str
+    data: Mapping[str, Splits]  # by dataset name: the same image indices in each
+    datasets: tuple[str, ...]
+    angles: tuple[float, ...]
+    class_sets: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def tasks(self) -> int:
+        return len(self.datasets)
+
+    def split(self, name: str, task: int) -> tuple[Tensor, Tensor]:
+        s = getattr(self.data[self.datasets[task]], name)
+        x, y = s.x, s.y
+        if self.class_sets is not None:
+            keep = torch.isin(y, torch.tensor(self.class_sets[task], device=y.device))
+            x, y = x[keep], y[keep]
+        return rotate(x, self.angles[task]), y
+
+    def classes(self, task: int) -> Tensor | None:
+        return None if self.class_sets is None else torch.tensor(self.class_sets[task], device=self.device)
+
+    def record(self) -> dict[str, object]:
+        return {"task_sequence.json": {"kind": self.kind, "tasks": [
+            {"dataset": d, "angle": a, "classes": list(self.class_sets[t]) if self.class_sets else None}
+            for t, (d, a) in enumerate(zip(self.datasets, self.angles))]}}
+
+    @property
+    def importance_indices(self) -> np.ndarray:
+        return next(iter(self.data.values())).importance.indices
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.data.values())).train.x.device
+
+
+def rotate(x: Tensor, angle: float) -> Tensor:
+    """Flat images rotated counter-clockwise by angle degrees about their centre: exact (torch.rot90) for
+    multiples of 90°, bilinear otherwise, with black corners."""
+    if angle % 360 == 0 or not len(x):
+        return x
+    images = x.view(len(x), 1, IMAGE_SIDE, IMAGE_SIDE)
+    if angle % 90 == 0:
+        return torch.rot90(images, int(angle // 90) % 4, dims=(2, 3)).reshape(len(x), PIXELS)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional
+
+    return functional.rotate(images, angle, InterpolationMode.BILINEAR).reshape(len(x), PIXELS)
+
+
+def draw_angles(tasks: int, max_angle: float, seed: int) -> tuple[float, ...]:
+    """Task 0 unrotated, the others uniformly in [0, max_angle) from the seed."""
+    return (0.0, *np.random.default_rng(seed).uniform(0.0, max_angle, tasks - 1).tolist())
 
 
 def draw_permutations(tasks: int, seed: int) -> np.ndarray:
@@ -147,3 +261,22 @@ def make_splits(data: DataConfig, mnist, device: str | torch.device = "cpu") -> 
 
 def make_scenario(splits: Splits, tasks: int, seed: int) -> PermutedMNIST:
     return PermutedMNIST(splits=splits, permutations=draw_permutations(tasks, seed))
+
+
+def datasets_needed(data: DataConfig) -> tuple[str, ...]:
+    """The datasets a protocol's task sequence reads, each once."""
+    return tuple(dict.fromkeys(data.datasets)) if data.sequence == "sequence" else (data.dataset,)
+
+
+def make_task_sequence(data: DataConfig, splits: Mapping[str, Splits], seed: int) -> PermutedMNIST | ImageTasks:
+    """The protocol's task sequence for this seed; splits: by dataset name, those datasets_needed names."""
+    tasks = data.tasks
+    if data.sequence == "permuted":
+        return make_scenario(splits[data.dataset], tasks, seed)
+    if data.sequence == "rotated":
+        angles = data.angles or draw_angles(tasks, data.max_angle, seed)
+        return ImageTasks("rotated", splits, (data.dataset,) * tasks, tuple(angles))
+    if data.sequence == "split":
+        pairs = tuple(tuple(range(t * SPLIT_CLASSES_PER_TASK, (t + 1) * SPLIT_CLASSES_PER_TASK)) for t in range(tasks))
+        return ImageTasks("split", splits, (data.dataset,) * tasks, (0.0,) * tasks, pairs)
+    return ImageTasks("sequence", splits, data.datasets, data.rotations or (0.0,) * tasks)

@@ -32,7 +32,7 @@ from benchmark.experiment_notes import tuning_experiment_description
 from benchmark.loop import Diverged, run_sequence
 from benchmark.metrics import average_accuracy
 from benchmark.progress import Progress, duration
-from benchmark.scenario import Splits, make_scenario
+from benchmark.scenario import Splits, make_task_sequence
 from tracking import Store
 
 LAMBDA_RANGE = (1e-3, 1e5)
@@ -141,7 +141,7 @@ class MedianOfCurrentValuesPruner(optuna.pruners.BasePruner):
 
 
 def tune(store: Store, storage, storage_url: str, config: Config, driver: str, trials: int, seeds: list[int],
-         splits: Splits, command: str, sampler_seed: int | None = None):
+         splits: dict[str, Splits], command: str, sampler_seed: int | None = None):
     """Run `trials` trials of the (driver, protocol) study in this process; return the study."""
     name = study_name(driver, config.protocol, config.data.dataset)
     study = optuna.create_study(
@@ -158,7 +158,7 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
         "storage": redact(storage_url), "trials_requested": trials, "seeds": ",".join(map(str, seeds)),
         "command": command, **versions}, experiment_description=tuning_experiment_description(config))
     parent.log_json(config.to_dict(), "config.json")
-    scenarios = [make_scenario(splits, config.data.tasks, seed) for seed in seeds]
+    scenarios = [make_task_sequence(config.data, splits, seed) for seed in seeds]
 
     def objective(trial: optuna.Trial) -> float:
         lam = trial.suggest_float("lambda", *LAMBDA_RANGE, log=True)
