@@ -19,12 +19,16 @@ from benchmark.report import figures
 from benchmark.report.collect import Sweep, load_sweep
 from benchmark.report.render import Figures, Lines, Section, Table, Text, render
 from benchmark.report.stats import (
+    MEASURES,
     MIN_SEEDS,
     PAPER_ACC,
     PAPER_ACC_PROTOCOLS,
     ClaimResult,
+    Estimate,
     accuracy_curves,
     check_claims,
+    control_table,
+    controlled_estimators,
     correlation_summary,
     forgetting_table,
     layer_means,
@@ -59,6 +63,17 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
     claims = pd.DataFrame([{"driver": driver, "claim": c.claim, "test": c.test, "measured (per layer)": c.measured,
                             "verdict": c.verdict, "holds": c.holds}
                            for driver, results in verdicts.items() for c in results])
+    # sweeps of several protocols: the answers per protocol, side by side (the detailed tables pool them)
+    mixed = len(protocols) > 1
+    lead_by_protocol = {p: check_claims(chosen[(chosen.driver == drivers[0]) & (chosen.protocol == p)])
+                        for p in protocols} if mixed else {}
+    forgetting_by_protocol = {p: forgetting_table(sweep.cells[sweep.cells.protocol == p], sweep.accuracy,
+                                                  sweep.drivers, p) for p in protocols} if mixed else {}
+    controls = []  # issue 13: each estimator beside its controls, per protocol
+    for p in protocols:
+        cells = sweep.cells[sweep.cells.protocol == p]
+        for estimator in controlled_estimators([d for d in sweep.drivers if d in set(cells.driver)]):
+            controls.append(control_table(cells, sweep.accuracy, estimator).assign(protocol=p))
     lead = chosen[chosen.driver == drivers[0]]
     overlap = sorted(m for m in set(chosen.method) if m.startswith("jaccard_top"))
     beyond = {method: layer_means(lead, BEYOND_PAIRS, method) for method in ["pearson", *overlap]}
@@ -84,14 +99,20 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
         if len(table):
             table.astype(str).to_csv(out / f"beyond_{method}.csv", index=False)
             data_files.append(f"beyond_{method}.csv")
+    if controls:
+        controls_csv(controls).to_csv(out / "controls.csv", index=False)
+        data_files.append("controls.csv")
 
     seeds = sorted(set(sweep.cells.seed))
-    sections = [summary_section(sweep, forgetting, verdicts, drivers[0], protocol, seeds, param, kind)]
+    sections = [summary_section(sweep, forgetting, verdicts, drivers[0], protocol, seeds, param, kind,
+                                forgetting_by_protocol, lead_by_protocol, controls)]
     gaps = [f"missing: {m}" for m in sweep.missing] + [f"not finished: {m}" for m in sweep.not_finished]
     if gaps:
         sections.append(Section("Incomplete sweep", "incomplete", [Text("These cells are not in the report:"),
                                                                    Lines(gaps)]))
     sections.append(forgetting_section(forgetting, acc_figure, matrix_figures))
+    if controls:
+        sections.append(controls_section(controls, mixed))
     sections.append(claims_section(verdicts, param, kind, surface_figures, heatmap_figures))
     for method, table in beyond.items():
         if len(table):
@@ -121,7 +142,11 @@ def claim_headline(result: ClaimResult) -> str:
 
 
 def summary_section(sweep: Sweep, forgetting: pd.DataFrame, verdicts: dict[str, list[ClaimResult]], lead: str,
-                    protocol: str, seeds: list[int], param: str, kind: str) -> Section:
+                    protocol: str, seeds: list[int], param: str, kind: str,
+                    forgetting_by_protocol: dict[str, pd.DataFrame], lead_by_protocol: dict[str, list[ClaimResult]],
+                    controls: list[pd.DataFrame]) -> Section:
+    """The answers: ACC per driver (per protocol if the sweeps have several), the controls' paired differences,
+    the paper's claims for the paper's driver (per protocol side by side if several)."""
     experiments = ", ".join(sorted({p.experiment for p in sweep.parents} or {sweep.experiment}))
     blocks = [Text(f"Experiment {experiments}, protocol {protocol}: {len(sweep.drivers)} driver"
                    f"{'s' if len(sweep.drivers) != 1 else ''}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
@@ -133,17 +158,82 @@ def summary_section(sweep: Sweep, forgetting: pd.DataFrame, verdicts: dict[str, 
     if sweep.missing or sweep.not_finished:
         warnings.append(f"Incomplete sweep: {len(sweep.missing) + len(sweep.not_finished)} cell(s) missing or not "
                         "finished (listed below).")
+    if forgetting_by_protocol:
+        warnings.append(f"Sweeps of {len(forgetting_by_protocol)} protocols ({', '.join(forgetting_by_protocol)}): "
+                        "the ACC and the claims here are per protocol; the detailed tables below pool each driver's "
+                        "cells across protocols.")
     if warnings:
         blocks.append(Lines(warnings))
-    author = protocol in PAPER_ACC_PROTOCOLS
-    blocks.append(Table(["driver", "ACC % (mean [95% t-interval] over seeds)"] + ([AUTHOR_ACC] if author else []),
-                        [[row.driver, row.ACC.short(100)] + ([PAPER_ACC.get(row.driver, "–")] if author else [])
-                         for row in forgetting.itertuples()]))
+    if forgetting_by_protocol:
+        acc = {p: table.set_index("driver").ACC for p, table in forgetting_by_protocol.items()}
+        blocks.append(Table(["driver", *[f"ACC % ({p})" for p in acc]],
+                            [[driver, *[column[driver].short(100) for column in acc.values()]]
+                             for driver in forgetting.driver]))
+    else:
+        author = protocol in PAPER_ACC_PROTOCOLS
+        blocks.append(Table(["driver", "ACC % (mean [95% t-interval] over seeds)"] + ([AUTHOR_ACC] if author else []),
+                            [[row.driver, row.ACC.short(100)] + ([PAPER_ACC.get(row.driver, "–")] if author else [])
+                             for row in forgetting.itertuples()]))
+    if controls:
+        blocks.append(Text("Controls: each control's ACC minus its estimator's on the same seed, mean over seeds, in "
+                           "points (details: section Controls):"))
+        in_protocol = (lambda row: f" ({row['protocol']})") if forgetting_by_protocol else (lambda row: "")
+        blocks.append(Lines([f"{row['driver']} − {row['estimator']}{in_protocol(row)}: "
+                             f"{paired_difference(row, 'ACC').short(100)}"
+                             for table in controls for row in table.to_dict("records")
+                             if paired_difference(row, "ACC") is not None]))
     why = "" if lead == PAPER_DRIVER else f" (the paper's driver, {PAPER_DRIVER}, is not in this report)"
     blocks.append(Text(f"The paper's claims for driver {lead}{why}, on Pearson correlations of {kind} importances "
                        f"over each layer's {param} entries:"))
-    blocks.append(Lines([f"{c.claim}: {c.verdict} — {claim_headline(c)}" for c in verdicts[lead]]))
+    if lead_by_protocol:
+        claims = [c.claim for c in next(iter(lead_by_protocol.values()))]
+        by_claim = {p: {c.claim: c for c in results} for p, results in lead_by_protocol.items()}
+        blocks.append(Table(["claim", *lead_by_protocol],
+                            [[claim, *[f"{by_claim[p][claim].verdict} — {claim_headline(by_claim[p][claim])}"
+                                       for p in lead_by_protocol]] for claim in claims]))
+    else:
+        blocks.append(Lines([f"{c.claim}: {c.verdict} — {claim_headline(c)}" for c in verdicts[lead]]))
     return Section("Summary", "summary", blocks)
+
+
+def controls_csv(controls: list[pd.DataFrame]) -> pd.DataFrame:
+    """Every number of the controls tables, long and in full precision: per protocol, estimator, driver and
+    measure the value over seeds and the paired difference from the estimator."""
+    rows = []
+    for table in controls:
+        for row in table.to_dict("records"):
+            for key in MEASURES:
+                for quantity, e in (("value", row[key]), (f"minus {row['estimator']}, paired by seed",
+                                                          paired_difference(row, key))):
+                    if e is not None:
+                        rows.append({"protocol": row["protocol"], "estimator": row["estimator"],
+                                     "driver": row["driver"], "measure": key, "quantity": quantity, "mean": e.mean,
+                                     "ci_low": e.low, "ci_high": e.high, "n": e.n})
+    return pd.DataFrame(rows)
+
+
+def paired_difference(row: dict, key: str) -> Estimate | None:
+    """A control_table row's paired difference of one measure (None for the estimator's own row)."""
+    return row[f"{key} − {row['estimator']} (paired)"]
+
+
+def controls_section(controls: list[pd.DataFrame], mixed: bool) -> Section:
+    blocks = [Text("Does the per-weight structure of an importance matter, or only its per-tensor scale (README, "
+                   "\"Controls\")? Each estimator beside its controls: ACC, BWT and forgetting in percent (points), "
+                   "mean [95% t-interval] over seeds; then per control the paired difference, control minus the "
+                   "estimator on the same seed, mean [95% t-interval] over the seeds both have (an interval from "
+                   f"{MIN_SEEDS} seeds on). All digits: controls.csv.")]
+    for table in controls:
+        estimator = table.estimator.iloc[0]
+        protocol = f" (protocol {table.protocol.iloc[0]})" if mixed else ""
+        blocks.append(Text(f"{estimator}{protocol}:"))
+        blocks.append(Table(["driver", "n", "ACC %", "BWT (points)", "forgetting (points)",
+                             *[f"{key} − {estimator} (paired)" for key in MEASURES]],
+                            [[row["driver"], str(row["n"]), *[row[key].short(100) for key in MEASURES],
+                              *[paired_difference(row, key).short(100) if paired_difference(row, key) is not None
+                                else "–" for key in MEASURES]]
+                             for row in table.to_dict("records")]))
+    return Section("Controls", "controls", blocks)
 
 
 def forgetting_section(forgetting: pd.DataFrame, acc_figure: str, matrix_figures: list[str]) -> Section:

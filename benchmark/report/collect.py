@@ -80,6 +80,7 @@ def load_sweep(store: Store, sweep_ids: list[str] | None, run_ids: list[str] | N
             table.insert(0, "run_id", c.id)
             table.insert(1, "driver", config["driver"])
             table.insert(2, "seed", config["seed"])
+            table.insert(3, "protocol", config["protocol"])  # sweeps of several protocols are judged apart
             correlations.append(table)
             rows.append({"run_id": c.id, "driver": config["driver"], "seed": config["seed"],
                          "lambda": config["lambda"], "lambda_source": config["lambda_source"],

@@ -7,6 +7,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmark.metrics import average_accuracy, backward_transfer, forgetting
+from estimators.controls import base_estimator
 
 # The paper author's published results (aakutalev/ewc-features logs): average accuracy after 10 tasks,
 # mean ± sd over 20 runs, with the author's best λ; trained on all 60k images, one fixed set of permutations.
@@ -16,6 +17,7 @@ PAPER_ACC_PROTOCOLS = ("paper", "author")  # the protocols the author's accuraci
 # Fewer seeds than this: the report shows no interval (a t-interval from 2 values spans most of [0, 1]) and a
 # claim's verdict is "indicative". The CSV files keep every interval there is.
 MIN_SEEDS = 3
+MEASURES = ("ACC", "BWT", "forgetting")  # per run, from its accuracy matrix (benchmark.metrics)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def mean_ci(values) -> Estimate:
 
 
 def run_measures(R: np.ndarray) -> dict[str, float]:
-    return {"ACC": average_accuracy(R), "BWT": backward_transfer(R), "forgetting": forgetting(R)}
+    return dict(zip(MEASURES, (average_accuracy(R), backward_transfer(R), forgetting(R))))
 
 
 def forgetting_table(cells: pd.DataFrame, accuracy: dict[str, np.ndarray], drivers: list[str],
@@ -67,10 +69,44 @@ def forgetting_table(cells: pd.DataFrame, accuracy: dict[str, np.ndarray], drive
         lambdas = sorted({(float(lam), src) for lam, src in zip(mine["lambda"], mine.lambda_source)})
         row = {"driver": driver, "n": len(mine),
                "λ": ", ".join(f"{lam:g} ({src})" for lam, src in lambdas)}
-        for key in ("ACC", "BWT", "forgetting"):
+        for key in MEASURES:
             row[key] = mean_ci([m[key] for m in measures])
         if protocol in PAPER_ACC_PROTOCOLS:
             row["paper ACC % (author, 20 runs, mean ± sd)"] = PAPER_ACC.get(driver, "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def measures_by_seed(cells: pd.DataFrame, accuracy: dict[str, np.ndarray], driver: str) -> dict[int, dict]:
+    """Seed → the driver's ACC, BWT and forgetting (the mean over its runs, should combined sweeps hold a seed
+    twice)."""
+    runs = cells[cells.driver == driver]
+    return {int(seed): {key: float(np.mean([run_measures(accuracy[r])[key] for r in group.run_id]))
+                        for key in MEASURES}
+            for seed, group in runs.groupby("seed")}
+
+
+def controlled_estimators(drivers: list[str]) -> list[str]:
+    """The estimators E with a control in `drivers` (shuffled-E or layermean-E), in the order of their controls."""
+    return list(dict.fromkeys(base for d in drivers if (base := base_estimator(d))))
+
+
+def control_table(cells: pd.DataFrame, accuracy: dict[str, np.ndarray], estimator: str) -> pd.DataFrame:
+    """E, shuffled-E, layermean-E and uniform (those present) side by side: ACC, BWT and forgetting, mean and
+    t-interval over seeds; and per control the paired difference, control minus E on the same seed, mean and
+    t-interval over the seeds both have (None for E itself, and where E is not in the cells)."""
+    present = set(cells.driver)
+    drivers = [d for d in (estimator, f"shuffled-{estimator}", f"layermean-{estimator}", "uniform") if d in present]
+    by_seed = {d: measures_by_seed(cells, accuracy, d) for d in drivers}
+    reference = by_seed.get(estimator)
+    rows = []
+    for driver in drivers:
+        mine = by_seed[driver]
+        row = {"estimator": estimator, "driver": driver, "n": len(mine)}
+        row.update({key: mean_ci([m[key] for m in mine.values()]) for key in MEASURES})
+        paired = sorted(set(mine) & set(reference)) if reference is not None and driver != estimator else None
+        row.update({f"{key} − {estimator} (paired)": None if paired is None else
+                    mean_ci([mine[s][key] - reference[s][key] for s in paired]) for key in MEASURES})
         rows.append(row)
     return pd.DataFrame(rows)
 
