@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from estimators.base import Estimator
-from estimators.per_sample import PER_SAMPLE_ELEMENTS, parameter_layers
+from estimators.per_sample import PER_SAMPLE_ELEMENTS, conv_patches, parameter_layers
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus)
 
@@ -60,9 +60,10 @@ class SignalImportance(Estimator):
     def importance(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         layers = dict(parameter_layers(model))
         for name, layer in layers.items():
-            if not isinstance(layer, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
+            if not isinstance(layer, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)) or \
+                    isinstance(layer, nn.Conv2d) and (layer.dilation != (1, 1) or isinstance(layer.padding, str)):
                 raise ValueError(f"SIG has no rule for layer {name} ({type(layer).__name__}): it is defined for "
-                                 "Linear, Conv2d and BatchNorm layers")
+                                 "Linear, Conv2d (without dilation) and BatchNorm layers")
         input_sums: dict[str, Tensor] = {}  # per layer: Σ |input entry a weight multiplies|, and how many entries
         signal_sums: dict[str, Tensor] = {}  # per layer: Σ |signal passed on| per unit
         counts: dict[str, list[float]] = {name: [0.0, 0.0] for name in layers}
@@ -84,7 +85,7 @@ class SignalImportance(Estimator):
             prefix = f"{name}." if name else ""
             mean_input = input_sums[name] / counts[name][0]
             if isinstance(layer, nn.Conv2d):
-                mean_input = mean_input.view(1, *layer.weight.shape[1:])
+                mean_input = mean_input[None]
             result[f"{prefix}weight"] = layer.weight.abs() * mean_input
             if layer.bias is not None:
                 result[f"{prefix}bias"] = signal_sums[name] / counts[name][1]
@@ -100,10 +101,9 @@ class SignalImportance(Estimator):
             patch = layer.weight[0].numel()
             step = max(1, PER_SAMPLE_ELEMENTS // (patch * a.shape[2] * a.shape[3]))
             for start in range(0, len(a), step):
-                patches = F.unfold(a[start:start + step], layer.kernel_size, layer.dilation, layer.padding,
-                                   layer.stride)
-                total = total + patches.abs().sum((0, 2))
-                count += patches.shape[0] * patches.shape[2]
+                patches = conv_patches(layer, a[start:start + step])  # [n, C_in, H_out, W_out, kh, kw]
+                total = total + patches.abs().sum((0, 2, 3))
+                count += patches.shape[0] * patches.shape[2] * patches.shape[3]
             return total, count
         shape = [1, -1] + [1] * (a.dim() - 2)  # BatchNorm: per channel, the normalised input γ multiplies
         normalised = (a - layer.running_mean.view(shape)) / (layer.running_var.view(shape) + layer.eps).sqrt()
