@@ -133,6 +133,33 @@ class Browser:
             raise BrowserError(f"{expression[:60]}…: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
 
+    def wait_until(self, session: str, expression: str, timeout: float = 60):
+        """Poll a JavaScript expression until it is truthy (a single-page app renders when its data arrive)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(session, expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise BrowserError(f"timed out waiting for {expression[:80]}")
+            time.sleep(0.5)
+
+    def click_text(self, session: str, text: str, within: str = "body", timeout: float = 30) -> None:
+        """A real mouse click (pressed and released: menus that open on pointer-down open) on the first visible
+        element inside `within` (a CSS selector) whose own text is `text`."""
+        find = f"""(() => {{
+            const own = e => [...e.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim();
+            const hit = [...document.querySelectorAll({json.dumps(within)})].flatMap(s => [...s.querySelectorAll('*')])
+                .find(e => e.offsetParent !== null && own(e) === {json.dumps(text)});
+            if (!hit) return null;
+            const r = hit.getBoundingClientRect();
+            return [r.x + r.width / 2, r.y + r.height / 2];
+        }})()"""
+        x, y = self.wait_until(session, find, timeout)
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
+                      session=session)
+
     def failed_requests(self, session: str) -> list[str]:
         """URLs the tab asked for and could not load (a missing image, a missing stylesheet), with the reason."""
         urls = {e["params"]["requestId"]: e["params"]["request"]["url"] for e in self.events
