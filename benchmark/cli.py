@@ -9,7 +9,8 @@ import shlex
 import signal
 import sys
 
-from benchmark.config import DATASETS, DRIVERS, ESTIMATOR_DRIVERS, PAPER_DRIVERS, PROTOCOLS, Config, load_config
+from benchmark import plugins
+from benchmark.config import DATASETS, PAPER_DRIVERS, PROTOCOLS, Config, drivers, estimator_drivers, load_config
 from benchmark.errors import UsageError
 from benchmark.lambdas import MIN_TUNED_TRIALS, SOURCES
 
@@ -34,20 +35,20 @@ def int_at_least(minimum: int):
     return parse
 
 
-# for messages: every driver but none, and all of them
-PENALISED = f"{', '.join(ESTIMATOR_DRIVERS[1:])}, or a control: uniform, shuffled-<estimator>, layermean-<estimator>"
-DRIVER_CHOICES = f"none, {PENALISED}"
+def penalised_choices() -> str:
+    """For messages: every driver but none."""
+    return f"{', '.join(estimator_drivers()[1:])}, or a control: uniform, shuffled-<estimator>, layermean-<estimator>"
 
 
 def parse_drivers(text: str) -> list[str]:
     if text in ("paper", "all"):
-        return list(PAPER_DRIVERS if text == "paper" else ESTIMATOR_DRIVERS)
-    drivers = [d.strip() for d in text.split(",") if d.strip()]
-    unknown = [d for d in drivers if d not in DRIVERS]
-    if unknown or not drivers:
+        return list(PAPER_DRIVERS if text == "paper" else estimator_drivers())
+    chosen = [d.strip() for d in text.split(",") if d.strip()]
+    unknown = [d for d in chosen if d not in drivers()]
+    if unknown or not chosen:
         raise UsageError(f"unknown driver {unknown[0] if unknown else text!r} "
-                         f"(choose from paper, all, {DRIVER_CHOICES})")
-    return list(dict.fromkeys(drivers))
+                         f"(choose from paper, all, none, {penalised_choices()})")
+    return list(dict.fromkeys(chosen))
 
 
 def parse_lambdas(text: str) -> dict[str, float]:
@@ -58,8 +59,8 @@ def parse_lambdas(text: str) -> dict[str, float]:
         name = name.strip()
         if not sep or not name:
             raise UsageError(f"--lambda expects estimator=value[,estimator=value…], got {item!r}")
-        if name not in DRIVERS or name == "none":
-            raise UsageError(f"--lambda: unknown driver {name!r} (choose from {PENALISED})")
+        if name not in drivers() or name == "none":
+            raise UsageError(f"--lambda: unknown driver {name!r} (choose from {penalised_choices()})")
         try:
             lam = float(value)
         except ValueError:
@@ -88,6 +89,8 @@ def make_parser() -> Parser:
     training.add_argument("--no-download", action="store_true", help="never try to download the dataset")
     training.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                           help="default: cuda if available")
+    training.add_argument("--estimator-plugin", action="append", default=[], metavar="MODULE:CLASS",
+                          help="an estimator of your own (repeatable; README, 'Bring your own')")
     stores = Parser(add_help=False)
     stores.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
@@ -95,8 +98,9 @@ def make_parser() -> Parser:
                         "(default $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.journal)")
 
     run = commands.add_parser("run", parents=[training, stores], help="train every (driver, seed), record it in MLflow")
-    run.add_argument("--drivers", default="paper", help=f"comma list of {DRIVER_CHOICES}; paper (the default): "
-                     f"{', '.join(PAPER_DRIVERS)}; all: every estimator (the others need a λ: --lambda or tune)")
+    run.add_argument("--drivers", default="paper", help=f"comma list of none, {penalised_choices()}; paper (the "
+                     f"default): {', '.join(PAPER_DRIVERS)}; all: every estimator (the others need a λ: --lambda or "
+                     "tune)")
     run.add_argument("--seeds", type=int_at_least(1), default=1, help="number of seeds (default 1)")
     run.add_argument("--first-seed", type=int_at_least(0), default=0, help="seeds are first-seed … first-seed+seeds-1")
     run.add_argument("--lambda", dest="lambdas", metavar="DRIVER=VALUE,…",
@@ -113,7 +117,7 @@ def make_parser() -> Parser:
                           "the same results, no faster (default 1)")
 
     tune = commands.add_parser("tune", parents=[training, stores], help="find λ per driver with Optuna")
-    tune.add_argument("--driver", default=None, help=f"one of {PENALISED}; or all estimators")
+    tune.add_argument("--driver", default=None, help=f"one of {penalised_choices()}; or all estimators")
     tune.add_argument("--trials", type=int_at_least(1), default=20, help="trials this process runs (default 20)")
     tune.add_argument("--tuning-seeds", type=int_at_least(1), default=1,
                       help="seeds per trial, from 10000 on: never the seeds run reports (default 1)")
@@ -141,6 +145,10 @@ def command_line() -> str:
 
 
 def read_config(args) -> Config:
+    """The protocol, after the estimator plugins it may name: installed ones, then --estimator-plugin's."""
+    plugins.load_installed()
+    for spec in args.estimator_plugin:
+        plugins.load(spec)
     config = load_config(protocol=None if args.config else args.protocol, path=args.config)
     if args.dataset:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=args.dataset))
@@ -200,14 +208,14 @@ def command_run(args) -> int:
     from benchmark.experiment import experiment_name, run_sweep
 
     config = read_config(args)
-    drivers = parse_drivers(args.drivers)
-    lambdas, provenance = resolve_lambdas(config, drivers, args)
+    chosen = parse_drivers(args.drivers)
+    lambdas, provenance = resolve_lambdas(config, chosen, args)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     check_model(config, args.parallel_seeds)
     splits = load_data(config, args)
     store = open_store(args)
     print("\n".join(provenance), file=sys.stderr)  # after every check of the input, before the first cell
-    statuses, reused = run_sweep(store, config, drivers, seeds, lambdas, splits, args.log_importances,
+    statuses, reused = run_sweep(store, config, chosen, seeds, lambdas, splits, args.log_importances,
                                  command_line(), args.parallel_seeds)
     failed = [f"{d}/seed {s}" for (d, s), status in statuses.items() if status != "FINISHED"]
     print(f"{len(statuses) - len(failed)} of {len(statuses)} runs finished in experiment "
@@ -234,10 +242,10 @@ def command_tune(args) -> int:
         return 0
     if args.driver is None:
         raise UsageError("tune needs --driver (or --show)")
-    drivers = list(ESTIMATOR_DRIVERS[1:]) if args.driver == "all" else [args.driver]
-    if drivers[0] not in DRIVERS[1:]:
-        raise UsageError(f"unknown driver {args.driver!r} to tune (choose from all, {PENALISED})")
-    config = read_config(args)
+    config = read_config(args)  # first: it loads the plugins, whose names are drivers
+    to_tune = list(estimator_drivers()[1:]) if args.driver == "all" else [args.driver]
+    if to_tune[0] not in drivers()[1:]:
+        raise UsageError(f"unknown driver {args.driver!r} to tune (choose from all, {penalised_choices()})")
     if not config.data.validation_images:
         raise UsageError(f"tune: protocol {config.protocol} has no validation split (data.validation_images = 0): "
                          "tuning on it would read the test set; tune on a protocol with one (e.g. paper)")
@@ -245,7 +253,7 @@ def command_tune(args) -> int:
     splits = load_data(config, args)
     store = open_store(args)
     seeds = list(range(tuning.TUNING_FIRST_SEED, tuning.TUNING_FIRST_SEED + args.tuning_seeds))
-    for driver in drivers:
+    for driver in to_tune:
         study = tuning.tune(store, storage, storage_url, config, driver, args.trials, seeds, splits, command_line(),
                             args.sampler_seed)
         complete = [t for t in study.trials if t.state.name == "COMPLETE"]

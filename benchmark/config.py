@@ -10,6 +10,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from benchmark import plugins
 from benchmark.errors import UsageError
 from estimators import ESTIMATORS
 from estimators.controls import control_names
@@ -17,10 +18,6 @@ from estimators.controls import control_names
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 PROTOCOLS = sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
 DATASETS = ("mnist", "fashion-mnist")  # whose pixels are permuted: both 60k + 10k grey 28×28 images, 10 classes
-# whose importances drive the penalty; "none": plain fine-tuning, no penalty; `--drivers all` is every estimator
-ESTIMATOR_DRIVERS = ("none", *ESTIMATORS)
-CONTROLS = control_names(ESTIMATORS)  # uniform, shuffled-<est>, layermean-<est> (estimators/controls.py)
-DRIVERS = (*ESTIMATOR_DRIVERS, *CONTROLS)
 PAPER_DRIVERS = ("none", "fis", "mas", "si", "sig")  # `run --drivers paper`, the default
 MNIST_TRAIN_IMAGES = 60000
 SEQUENCES = ("permuted", "rotated", "split", "sequence")  # data.sequence: the kinds of task sequence (scenario.py)
@@ -29,6 +26,16 @@ SPLIT_CLASSES_PER_TASK = 2  # split-MNIST: classes 0/1, 2/3, … one pair per ta
 IMAGE_SIDE = 28  # MNIST and Fashion-MNIST: 28×28 grey images
 # for a list field whose default is empty, the element type its values must have ("should be like …")
 FLOATS, STRINGS = {"like": (0.0,)}, {"like": ("mnist",)}
+
+
+def estimator_drivers() -> tuple[str, ...]:
+    """`--drivers all`: none (plain fine-tuning, no penalty) and every estimator, plugins included."""
+    return ("none", *plugins.estimators())
+
+
+def drivers() -> tuple[str, ...]:
+    """Whose importances may drive the penalty: the estimators and their controls (estimators/controls.py)."""
+    return (*estimator_drivers(), *control_names(plugins.estimators()))
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,7 @@ class EstimatorConfig:
     si_gradient: str = "task"
     si_clip_at_zero: bool = False
     fis_batched_batch_size: int = 100  # the minibatch whose mean-loss gradient fis_batched squares
+    plugins: tuple[str, ...] = field(default=(), metadata=STRINGS)  # your own, "module:Class" (benchmark/plugins.py)
     accumulation: str = "sum"  # across tasks: "sum" (the paper) or "online": Ω ← γ Ω + Ω_task (Schwarz et al. 2018)
     online_gamma: float = 0.9
 
@@ -114,6 +122,7 @@ class Config:
         for section in ("data", "model"):
             d[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in d[section].items()}
         d["estimators"]["observe"] = list(d["estimators"]["observe"])
+        d["estimators"]["plugins"] = list(d["estimators"]["plugins"])
         return d
 
 
@@ -143,6 +152,8 @@ def parse_config(raw: dict, protocol: str, source: str = "config") -> Config:
         raise UsageError(f"{source}: unknown section [{sorted(unknown)[0]}]")
     sections = {name: _parse_section(raw.get(name, {}), cls, name, source) for name, cls in SECTIONS.items()}
     config = Config(protocol=protocol, **sections)
+    for spec in config.estimators.plugins:  # before validation: their names are valid estimators
+        plugins.load(spec, origin=f"{source}: estimators.plugins")
     _validate(config, source)
     return config
 
@@ -219,10 +230,10 @@ def _validate(c: Config, source: str) -> None:
     need(t.lr > 0, "training.lr must be > 0")
     need(t.batch_size >= 1 and t.epochs >= 1, "training.batch_size and training.epochs must be ≥ 1")
     for name, lam in c.penalty.lambda_.items():
-        need(name in DRIVERS and name != "none", f"penalty.lambda has unknown estimator {name!r}")
+        need(name in drivers() and name != "none", f"penalty.lambda has unknown driver {name!r}")
         need(lam >= 0, f"penalty.lambda.{name} = {lam} must be ≥ 0")
     e = c.estimators
-    unknown = [name for name in e.observe if name not in ESTIMATORS]
+    unknown = [name for name in e.observe if name not in plugins.estimators()]
     need(not unknown, f"estimators.observe: unknown estimator {unknown[0]!r}" if unknown else "")
     need(e.batch_size >= 1, "estimators.batch_size must be ≥ 1")
     need(e.si_xi > 0, "estimators.si_xi must be > 0")

@@ -8,7 +8,8 @@ other linearly). A constant vector has no correlation: NaN.
 Pairs: every pair of the paper's four estimators; the derived pairs the paper and Benzing (2022) discuss,
 fis vs mas² and √fis vs mas; and the pairs the further estimators exist for: the true Fisher against the
 empirical one and against its one-sample estimate, the minibatch shortcut against the empirical Fisher, MAS
-against the absolute Fisher (Benzing: MAS ≈ AF), SI against √SOS (Benzing: SI ≈ √SOS).
+against the absolute Fisher (Benzing: MAS ≈ AF), SI against √SOS (Benzing: SI ≈ √SOS); and a plugin estimator
+(benchmark/plugins.py) against every other.
 """
 
 import math
@@ -16,6 +17,8 @@ from itertools import combinations
 
 import numpy as np
 from torch import Tensor
+
+from benchmark import plugins
 
 COLUMNS = ["task", "layer", "param", "kind", "estimator_a", "estimator_b", "method", "value"]
 PAPER_ESTIMATORS = ("fis", "mas", "si", "sig")
@@ -32,9 +35,13 @@ def source(name: str) -> str:
 
 
 def pairs(estimators: list[str]) -> list[tuple[str, str]]:
+    """The pairs above among `estimators`, and each plugin estimator with every other estimator (not the
+    control drivers: a constant or permuted copy says nothing new)."""
     paper = [e for e in estimators if e in PAPER_ESTIMATORS]
     extra = [(a, b) for a, b in EXTRA_PAIRS if source(a) in estimators and source(b) in estimators]
-    return list(combinations(paper, 2)) + extra
+    known = [e for e in estimators if e in plugins.estimators()]
+    own = [(a, b) for a, b in combinations(known, 2) if plugins.is_plugin(a) or plugins.is_plugin(b)]
+    return list(combinations(paper, 2)) + extra + own
 
 
 def top_k_method(percent: float) -> str:

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark import __version__
+from benchmark import __version__, plugins
 from benchmark.config import Config
 from benchmark.correlations import COLUMNS, correlation_rows
 from benchmark.experiment_notes import sweep_experiment_description
 from benchmark.lambdas import Lambda
-from benchmark.loop import Diverged, TaskResult, run_sequence
+from benchmark.loop import Diverged, EstimatorFailed, TaskResult, run_sequence
 from benchmark.metrics import average_accuracy, backward_transfer, forgetting
 from benchmark.parallel_seeds import run_sequences
 from benchmark.progress import Progress
@@ -56,14 +56,30 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
 
 
 def cell_config(config: Config, driver: str, seed: int, lam: Lambda, device: str, log_importances: str) -> dict:
-    """Everything that determines a cell's results and artifacts: config.json, and the key resume matches on."""
+    """Everything that determines a cell's results and artifacts: config.json, and the key resume matches on;
+    with estimator plugins loaded, what code each came from."""
+    loaded = plugins.provenance()
     return {**config.to_dict(), "driver": driver, "seed": seed, "lambda": lam.value, "lambda_source": lam.source,
-            "lambda_study": lam.study, "device": device, "log_importances": log_importances}
+            "lambda_study": lam.study, "device": device, "log_importances": log_importances,
+            **({"plugins": loaded} if loaded else {})}
+
+
+# settings added after runs were recorded, at the value those runs had: left out of the hash, so a rerun of an
+# earlier command still finds its finished cells (tests/test_plugins.py pins the paper protocol's hash)
+ADDED_LATER = {
+    ("data", "importance_from"): "validation", ("data", "sequence"): "permuted", ("data", "angles"): [],
+    ("data", "max_angle"): 180.0, ("data", "datasets"): [], ("data", "rotations"): [], ("model", "kind"): "mlp",
+    ("model", "channels"): [64, 128, 256], ("model", "kernels"): [5, 3, 3], ("model", "pools"): [2, 1, 1],
+    ("model", "batch_norm"): True, ("estimators", "plugins"): [],
+}
 
 
 def config_hash(resolved: dict) -> str:
     # where λ came from does not change a result; its value does
     same = {k: v for k, v in resolved.items() if k not in ("lambda_source", "lambda_study")}
+    for (section, key), value in ADDED_LATER.items():
+        if same.get(section, {}).get(key) == value:
+            same[section] = {k: v for k, v in same[section].items() if k != key}
     return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -211,8 +227,8 @@ class CellRecord:
                            steps_skipped=self.scenario.tasks - self.tasks_done)
         return status
 
-    def diverged(self, e: Diverged, progress: Progress) -> str:
-        # a sweep goes on past a diverged cell: it is a result (λ too large), not a crash
+    def failed(self, e: Diverged | EstimatorFailed, progress: Progress) -> str:
+        # a sweep goes on past a diverged cell (λ too large: a result) or a plugin's failure (not the sweep's)
         self.run.set_tags({"failure_reason": str(e)})
         self.run.finish("FAILED")
         return self.done("FAILED", progress, str(e))
@@ -235,8 +251,8 @@ def run_cell(store: Store, experiment: str, parent: Run, config: Config, resolve
             record.task(result)
             progress.step()
         return record.done(record.finish(), progress)
-    except Diverged as e:
-        return record.diverged(e, progress)
+    except (Diverged, EstimatorFailed) as e:
+        return record.failed(e, progress)
     except BaseException as e:
         record.abort(e)
         raise
@@ -257,7 +273,7 @@ def run_group(store: Store, experiment: str, parent: Run, config: Config, cells:
                 if statuses[k] is not None:
                     continue
                 if isinstance(result, Diverged):
-                    statuses[k] = record.diverged(result, progress)
+                    statuses[k] = record.failed(result, progress)
                 else:
                     record.task(result)
                     progress.step()
@@ -265,6 +281,8 @@ def run_group(store: Store, experiment: str, parent: Run, config: Config, cells:
             if statuses[k] is None:
                 statuses[k] = record.done(record.finish(), progress)
         return statuses
+    except EstimatorFailed as e:  # a plugin fails each seed alike
+        return [status or record.failed(e, progress) for status, record in zip(statuses, records)]
     except BaseException as e:
         for status, record in zip(statuses, records):
             if status is None:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark import plugins
 from benchmark.config import Config
 from benchmark.model import make_model
 from benchmark.scenario import PermutedMNIST, Split, TaskSequence
@@ -21,6 +22,15 @@ from estimators import ESTIMATORS, Estimator
 from estimators.controls import Control, base_estimator
 
 Importances = dict[str, dict[str, Tensor]]  # estimator -> parameter name -> tensor
+
+
+class EstimatorFailed(RuntimeError):
+    """A plugin estimator raised or broke its contract: its cell fails, the sweep goes on (a built-in estimator
+    that raises is a bug, and stops the sweep)."""
+
+    def __init__(self, name: str, problem: str):
+        spec = plugins.provenance()[name]["spec"]
+        super().__init__(f"estimator plugin {name} ({spec}): {problem}")
 
 
 class Diverged(RuntimeError):
@@ -108,13 +118,15 @@ def make_estimators(config: Config, seed: int = 0, driver: str = "none") -> dict
         "sos": {},
     }
     needed = {driver, base_estimator(driver)}
-    return {name: cls(**options[name]) for name, cls in ESTIMATORS.items() if name in e.observe or name in needed}
+    return {name: cls(**options.get(name, {})) for name, cls in plugins.estimators().items()
+            if name in e.observe or name in needed}
 
 
 def task_importances(estimators: dict[str, Estimator], control: Control | None, model: nn.Module, x: Tensor,
                      y: Tensor) -> Importances:
     """Each estimator's importance of the task just trained; a control driver's after them, from theirs."""
-    increments = {name: e.importance(model, x, y) for name, e in estimators.items()}
+    increments = {name: e.importance(model, x, y) if name in ESTIMATORS else plugin_importance(e, model, x, y)
+                  for name, e in estimators.items()}
     if control is not None:
         increments[control.name] = control.importance(model, increments)
     return increments
@@ -126,6 +138,20 @@ def accumulate(accumulated: Importances, increments: Importances, config: Config
     gamma = config.estimators.online_gamma if config.estimators.accumulation == "online" else 1.0
     return {est: values if est not in accumulated else {k: gamma * accumulated[est][k] + v for k, v in values.items()}
             for est, values in increments.items()}
+
+
+def plugin_importance(estimator: Estimator, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """A plugin's importance, checked against the contract: a tensor shaped like each parameter."""
+    try:
+        importance = estimator.importance(model, x, y)
+    except Exception as e:
+        raise EstimatorFailed(estimator.name, f"importance() raised {type(e).__name__}: {e}") from e
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    if not isinstance(importance, dict) or set(importance) != set(shapes) or any(
+            not isinstance(v, Tensor) or v.shape != shapes[k] for k, v in importance.items()):
+        raise EstimatorFailed(estimator.name, "importance() must return {parameter name: tensor shaped like it} "
+                                              "for every parameter")
+    return {name: importance[name].detach() for name in shapes}
 
 
 def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -150,7 +176,7 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: T
     optimizer = make_optimizer(config, model)  # one optimiser across tasks, as in the author's code
     shuffle = torch.Generator().manual_seed(seed)
     estimators = make_estimators(config, seed, driver)
-    control = Control(driver, seed) if driver not in ESTIMATORS and driver != "none" else None
+    control = Control(driver, seed) if driver not in estimators and driver != "none" else None
     penalty = Penalty(lam if driver != "none" else 0.0)
     names = [name for name, _ in model.named_parameters()]
     accumulated: Importances = {}

@@ -32,6 +32,7 @@ from benchmark.loop import (
     make_estimators,
     make_optimizer,
     task_accuracies,
+    task_importances,
     train_step,
 )
 from benchmark.model import make_mlp
@@ -106,7 +107,7 @@ def run_sequences(config: Config, driver: str, lam: float, seeds: list[int], sce
                 continue
             model.eval()
             x_imp, y_imp = scenario.inputs(scenario.importance, task), scenario.importance.y
-            increments = {name: e.importance(model, x_imp, y_imp) for name, e in own[k].items()}
+            increments = task_importances(own[k], None, model, x_imp, y_imp)
             increments.update({name: {n: values[f"seeds.{k}.{n}"] for n in names} for name, values in observed.items()})
             increments = {name: increments[name] for name in shared}  # the registry's order, as run_sequence
             if controls[k] is not None:

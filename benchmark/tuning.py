@@ -29,7 +29,7 @@ from benchmark.config import Config
 from benchmark.errors import UsageError
 from benchmark.experiment import experiment_name
 from benchmark.experiment_notes import tuning_experiment_description
-from benchmark.loop import Diverged, run_sequence
+from benchmark.loop import Diverged, EstimatorFailed, run_sequence
 from benchmark.metrics import average_accuracy
 from benchmark.progress import Progress, duration
 from benchmark.scenario import Splits, make_task_sequence
@@ -192,7 +192,8 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
         progress.item_done(trial_line(study, trial))
 
     try:
-        study.optimize(objective, n_trials=trials, callbacks=[trial_done])
+        # a plugin estimator that fails fails its trial, not the study
+        study.optimize(objective, n_trials=trials, catch=(EstimatorFailed,), callbacks=[trial_done])
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -37,7 +37,7 @@ def test_user_file_named_by_its_stem(tmp_path):
     ("[training]\nepochs = 'two'\n", "training.epochs"),
     ("[training]\nepochs = 0\n", "training.epochs"),
     ("[penalty]\nlambda = { mas = -1 }\n", "penalty.lambda.mas"),
-    ("[penalty]\nlambda = { ewc = 1 }\n", "unknown estimator 'ewc'"),
+    ("[penalty]\nlambda = { ewc = 1 }\n", "unknown driver 'ewc'"),
     ("[data]\ntrain_images = 58000\n", "must not exceed 60000"),
     ("[data\n", "not valid TOML"),
 ])
