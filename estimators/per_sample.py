@@ -127,11 +127,13 @@ class ConvMoment:
         for start in range(0, n, self.step):
             stop = min(start + self.step, n)
             d = delta[start:stop]  # [n, out channels, H_out, W_out]
-            grads = magnitude(torch.einsum("nohw,nchwuv->nocuv", d, conv_patches(layer, self.x[start:stop])),
-                              self.power)  # [n, *weight shape]
+            grads = torch.einsum("nohw,nchwuv->nocuv", d, conv_patches(layer, self.x[start:stop]))
+            # in place: the per-sample gradients are the largest tensors of the whole computation
+            grads = grads.square_() if self.power == 2 else grads.abs_() if self.power == 1 \
+                else grads.abs_().pow_(self.power)
             bias = magnitude(d.sum((2, 3)), self.power) if self.bias_sum is not None else None
             if weight is not None:
-                grads = grads * weight[start:stop, None, None, None, None]
+                grads.mul_(weight[start:stop, None, None, None, None])
                 bias = bias * weight[start:stop, None] if bias is not None else None
             self.weight_sum += grads.sum(0)
             if bias is not None:
