@@ -166,14 +166,3 @@ class Browser:
                 if e["method"] == "Network.requestWillBeSent" and e.get("sessionId") == session}
         return [f"{urls.get(e['params']['requestId'], '?')}: {e['params']['errorText']}" for e in self.events
                 if e["method"] == "Network.loadingFailed" and e.get("sessionId") == session]
-
-    def screenshot(self, session: str, path: str, full_page: bool = False) -> None:
-        import base64
-
-        params = {"format": "png", "captureBeyondViewport": full_page}
-        if full_page:
-            size = self.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
-            params["clip"] = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-        data = self.send("Page.captureScreenshot", params, session=session)["data"]
-        with open(path, "wb") as f:
-            f.write(base64.b64decode(data))
