@@ -159,27 +159,33 @@ def load_data(config: Config, args):
     """The protocol's datasets, each split as it says, on the chosen device: {dataset name: splits}."""
     import torch
 
-    from benchmark.scenario import datasets_needed, load_dataset, make_splits
+    from benchmark.scenario import datasets_needed, load_dataset, make_splits, make_task_sequence
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or "data"
-    return {name: make_splits(config.data, load_dataset(data_dir, name, download=not args.no_download), device)
-            for name in datasets_needed(config.data)}
+    splits = {name: make_splits(config.data, load_dataset(data_dir, name, download=not args.no_download), device)
+              for name in datasets_needed(config.data)}
+    if config.data.factory:
+        make_task_sequence(config.data, splits, seed=0)  # checks what the factory returns, before anything is written
+    return splits
 
 
 def check_model(config: Config, parallel_seeds: int) -> None:
     """What the protocol's model and task sequence allow, before any data is read or anything written."""
     from benchmark.model import check_exact
 
-    if parallel_seeds > 1 and (config.model.kind != "mlp" or config.data.sequence != "permuted"):
+    if parallel_seeds > 1 and (config.model.kind != "mlp" or config.data.sequence != "permuted"
+                               or config.model.factory or config.data.factory):
         raise UsageError(f"--parallel-seeds trains the MLP on permuted tasks only, not model.kind = "
                          f"{config.model.kind!r} on data.sequence = {config.data.sequence!r}")
     try:
         check_exact(config.model)
     except ValueError as e:
-        raise UsageError(f"model.kind = {config.model.kind!r}: {e}") from None
+        m = config.model
+        which = f"model.factory {m.factory!r}" if m.factory else f"model.kind = {m.kind!r}"
+        raise UsageError(f"{which}: {e}") from None
 
 
 def open_store(args, must_exist: bool = False):
@@ -249,6 +255,7 @@ def command_tune(args) -> int:
     if not config.data.validation_images:
         raise UsageError(f"tune: protocol {config.protocol} has no validation split (data.validation_images = 0): "
                          "tuning on it would read the test set; tune on a protocol with one (e.g. paper)")
+    check_model(config, parallel_seeds=1)
     storage = tuning.open_storage(storage_url)
     splits = load_data(config, args)
     store = open_store(args)

@@ -40,6 +40,7 @@ def drivers() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class DataConfig:
+    factory: str = ""  # "module:function" of your own, instead of sequence (README, "Bring your own")
     dataset: str = "mnist"
     tasks: int = 10
     train_images: int = 55000
@@ -55,12 +56,13 @@ class DataConfig:
     # seed, uniformly in [0, max_angle)
     angles: tuple[float, ...] = field(default=(), metadata=FLOATS)
     max_angle: float = 180.0
-    datasets: tuple[str, ...] = field(default=(), metadata=STRINGS)  # sequence: task t's dataset
+    datasets: tuple[str, ...] = field(default=(), metadata=STRINGS)  # sequence: task t's; factory: those it reads
     rotations: tuple[float, ...] = field(default=(), metadata=FLOATS)  # sequence: task t's rotation (none: 0°)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    factory: str = ""  # "module:function" of your own, instead of kind (README, "Bring your own")
     kind: str = "mlp"  # "mlp": the paper's; "conv": the author's convolutional network (benchmark/model.py)
     hidden: tuple[int, ...] = (300, 150)  # mlp
     leaky_relu_slope: float = 0.01  # both
@@ -247,8 +249,14 @@ def _validate(c: Config, source: str) -> None:
 def _validate_sequence(d: DataConfig, need) -> None:
     need(d.sequence in SEQUENCES, f"data.sequence = {d.sequence!r}: choose from {', '.join(SEQUENCES)}")
     need(not d.angles or d.sequence == "rotated", "data.angles is for data.sequence = 'rotated'")
-    need(not (d.datasets or d.rotations) or d.sequence == "sequence",
-         "data.datasets and data.rotations are for data.sequence = 'sequence'")
+    need(not d.rotations or d.sequence == "sequence", "data.rotations is for data.sequence = 'sequence'")
+    need(not d.datasets or d.sequence == "sequence" or d.factory,
+         "data.datasets is for data.sequence = 'sequence' or a data.factory")
+    unknown = [name for name in d.datasets if name not in DATASETS]
+    need(not unknown, f"data.datasets: unknown dataset {unknown[0]!r} (choose from {', '.join(DATASETS)})"
+         if unknown else "")
+    if d.factory:  # the factory's sequence replaces the kinds below
+        return
     if d.sequence == "rotated":
         need(not d.angles or len(d.angles) == d.tasks, "data.angles must give one angle per task (data.tasks)")
         need(d.max_angle > 0, "data.max_angle must be > 0")
@@ -257,16 +265,13 @@ def _validate_sequence(d: DataConfig, need) -> None:
         need(d.tasks <= pairs, f"data.tasks must be at most {pairs} for split (one pair of classes per task)")
     if d.sequence == "sequence":
         need(len(d.datasets) == d.tasks, "data.datasets must name one dataset per task (data.tasks)")
-        unknown = [name for name in d.datasets if name not in DATASETS]
-        need(not unknown, f"data.datasets: unknown dataset {unknown[0]!r} (choose from {', '.join(DATASETS)})"
-             if unknown else "")
         need(not d.rotations or len(d.rotations) == d.tasks,
              "data.rotations must give one angle per task (data.tasks), or none")
 
 
 def _validate_model(m: ModelConfig, need) -> None:
     need(m.kind in MODEL_KINDS, f"model.kind = {m.kind!r}: choose from {', '.join(MODEL_KINDS)}")
-    if m.kind != "conv":
+    if m.kind != "conv" or m.factory:
         return
     need(len(m.channels) >= 1 and len(m.channels) == len(m.kernels) == len(m.pools),
          "model.channels, model.kernels and model.pools must be equally long, one entry per block")

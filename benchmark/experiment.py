@@ -70,7 +70,7 @@ ADDED_LATER = {
     ("data", "importance_from"): "validation", ("data", "sequence"): "permuted", ("data", "angles"): [],
     ("data", "max_angle"): 180.0, ("data", "datasets"): [], ("data", "rotations"): [], ("model", "kind"): "mlp",
     ("model", "channels"): [64, 128, 256], ("model", "kernels"): [5, 3, 3], ("model", "pools"): [2, 1, 1],
-    ("model", "batch_norm"): True, ("estimators", "plugins"): [],
+    ("model", "batch_norm"): True, ("estimators", "plugins"): [], ("model", "factory"): "", ("data", "factory"): "",
 }
 
 

@@ -18,6 +18,7 @@ from itertools import pairwise
 
 from torch import nn
 
+from benchmark import plugins
 from benchmark.config import IMAGE_SIDE, ModelConfig
 from benchmark.scenario import PIXELS
 
@@ -57,6 +58,9 @@ MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {"mlp": make_mlp, "conv"
 
 
 def make_model(config: ModelConfig) -> nn.Module:
+    """The protocol's model: its kind's, or what its factory of your own returns (checked by check_exact)."""
+    if config.factory:
+        return plugins.function(config.factory, "model.factory")(config)
     return MODELS[config.kind](config)
 
 
@@ -67,6 +71,13 @@ def check_exact(config: ModelConfig) -> None:
 
     from estimators.per_sample import per_sample_gradient_moment
 
-    model = make_model(config).eval()
+    model = make_model(config)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"the model is a {type(model).__name__}, not a torch.nn.Module")
+    model.eval()
+    logits = model(torch.rand(2, PIXELS))
+    if not isinstance(logits, torch.Tensor) or logits.shape != (2, CLASSES):
+        raise ValueError(f"the model must map images [N, {PIXELS}] to logits [N, {CLASSES}], not to "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
     per_sample_gradient_moment(model, torch.rand(2, PIXELS), torch.zeros(2, dtype=torch.int64),
                                lambda out, _y: out.sum(1), power=2)

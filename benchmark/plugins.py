@@ -1,4 +1,4 @@
-"""Your own importance estimator, without editing the package.
+"""Your own importance estimator, model or task sequence, without editing the package.
 
 Three ways to bring one, all naming a class as `module:Class`:
     python -m benchmark run --estimator-plugin my_module:MyEstimator …     (repeatable; also on tune)
@@ -12,6 +12,9 @@ new name, lower-case letters, digits and _ — constructible with no arguments; 
 observable estimator and a driver like a built-in one (with its own shuffled-/layermean- controls), correlated
 with every other observed estimator; each run records the plugin's `module:Class` and, when an installed
 distribution provides the module, that distribution's name and version.
+
+Models and task sequences are functions named the same way in a protocol file, `[model] factory` and
+`[data] factory` (README, "Bring your own"); `function` loads them.
 """
 
 import importlib
@@ -58,20 +61,10 @@ def provenance() -> dict[str, dict[str, str]]:
 def load(spec: str, origin: str = "--estimator-plugin") -> EstimatorPlugin:
     """Import module:Class, check it against the contract and register it; a UsageError naming the plugin
     otherwise. Loading the same spec again is a no-op."""
-    module_name, sep, class_name = spec.partition(":")
-
     def bad(problem: str) -> UsageError:
         return UsageError(f"estimator plugin {spec!r} ({origin}): {problem}")
 
-    if not sep or not module_name or not class_name:
-        raise bad("expected module:Class")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # the user's module may fail in any way while it imports
-        raise bad(f"cannot import {module_name}: {type(e).__name__}: {e}") from None
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise bad(f"module {module_name} has no {class_name}")
+    module_name, class_name, cls = _import(spec, bad)
     if not (inspect.isclass(cls) and issubclass(cls, Estimator)):
         raise bad(f"{class_name} is not a subclass of estimators.Estimator")
     name = getattr(cls, "name", "")
@@ -90,6 +83,31 @@ def load(spec: str, origin: str = "--estimator-plugin") -> EstimatorPlugin:
     distribution, version = _distribution_of(module_name)
     _loaded[name] = EstimatorPlugin(spec, cls, distribution, version)
     return _loaded[name]
+
+
+def function(spec: str, origin: str):
+    """The function module:function names (a model or task-sequence factory); a UsageError naming it otherwise."""
+    def bad(problem: str) -> UsageError:
+        return UsageError(f"{origin} {spec!r}: {problem}")
+
+    _, name, found = _import(spec, bad)
+    if not callable(found):
+        raise bad(f"{name} is not a function")
+    return found
+
+
+def _import(spec: str, bad) -> tuple[str, str, object]:
+    """(module name, attribute name, the attribute) of module:attribute; bad(problem) is the error to raise."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise bad("expected module:name")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # the user's module may fail in any way while it imports
+        raise bad(f"cannot import {module_name}: {type(e).__name__}: {e}") from None
+    if not hasattr(module, attribute):
+        raise bad(f"module {module_name} has no {attribute}")
+    return module_name, attribute, getattr(module, attribute)
 
 
 def load_installed() -> list[EstimatorPlugin]:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from benchmark import plugins
 from benchmark.config import IMAGE_SIDE, MNIST_TRAIN_IMAGES, SPLIT_CLASSES_PER_TASK, DataConfig
 from benchmark.errors import UsageError
 
@@ -164,6 +165,28 @@ class ImageTasks:
         return next(iter(self.data.values())).train.x.device
 
 
+def checked_task_sequence(sequence, data: DataConfig) -> TaskSequence:
+    """What a data.factory returned, checked against the protocol on its first task: a UsageError naming the
+    factory otherwise (the command line makes one before anything is written)."""
+    def need(ok: bool, problem: str) -> None:
+        if not ok:
+            raise UsageError(f"data.factory {data.factory!r}: {problem}")
+
+    members = ("tasks", "split", "classes", "record", "importance_indices", "device")
+    missing = [m for m in members if not hasattr(sequence, m)]
+    need(not missing, f"returned a {type(sequence).__name__} without {', '.join(missing)} (the TaskSequence protocol)")
+    need(sequence.tasks == data.tasks, f"returned {sequence.tasks} tasks, data.tasks says {data.tasks}")
+    for name in ("train", "importance", "test"):
+        x, y = sequence.split(name, 0)
+        need(isinstance(x, Tensor) and x.ndim == 2 and x.shape[1] == PIXELS and x.is_floating_point(),
+             f"split({name!r}, 0) must give float images [N, {PIXELS}] first")
+        need(isinstance(y, Tensor) and y.shape == (len(x),) and y.dtype == torch.int64,
+             f"split({name!r}, 0) must give int64 labels [N] second")
+    need(len(sequence.importance_indices) == len(sequence.split("importance", 0)[0]),
+         "importance_indices must give one index per importance sample")
+    return sequence
+
+
 def rotate(x: Tensor, angle: float) -> Tensor:
     """Flat images rotated counter-clockwise by angle degrees about their centre: exact (torch.rot90) for
     multiples of 90°, bilinear otherwise, with black corners."""
@@ -264,13 +287,17 @@ def make_scenario(splits: Splits, tasks: int, seed: int) -> PermutedMNIST:
 
 
 def datasets_needed(data: DataConfig) -> tuple[str, ...]:
-    """The datasets a protocol's task sequence reads, each once."""
+    """The datasets a protocol's task sequence reads, each once (a factory's: data.dataset and data.datasets)."""
+    if data.factory:
+        return tuple(dict.fromkeys((data.dataset, *data.datasets)))
     return tuple(dict.fromkeys(data.datasets)) if data.sequence == "sequence" else (data.dataset,)
 
 
 def make_task_sequence(data: DataConfig, splits: Mapping[str, Splits], seed: int) -> PermutedMNIST | ImageTasks:
     """The protocol's task sequence for this seed; splits: by dataset name, those datasets_needed names."""
     tasks = data.tasks
+    if data.factory:
+        return checked_task_sequence(plugins.function(data.factory, "data.factory")(data, splits, seed), data)
     if data.sequence == "permuted":
         return make_scenario(splits[data.dataset], tasks, seed)
     if data.sequence == "rotated":

@@ -190,3 +190,65 @@ def test_the_paper_protocols_cells_hash_as_when_they_were_first_recorded():
     config = load_config("paper")
     assert config_hash(cell_config(config, "none", 0, Lambda(0.0, "none"), "cpu", "final")) == "1af95b5be06705a3"
     assert config_hash(cell_config(config, "mas", 3, Lambda(4.5, "default"), "cpu", "final")) == "591c02d556077e96"
+
+
+def protocol_from_readme() -> str:
+    """The smoke protocol with README's [model] and [data] factory lines."""
+    (_, toml) = readme_blocks("toml")
+    wanted = tomllib.loads(toml)
+    text = SMOKE.replace("[model]\n", f'[model]\nfactory = "{wanted["model"]["factory"]}"\n')
+    text = text.replace("[data]\n", f'[data]\nfactory = "{wanted["data"]["factory"]}"\n')
+    return re.sub(r"\ntasks = \d+", f"\ntasks = {wanted['data']['tasks']}", text)
+
+
+def test_readme_model_and_task_sequence_run_as_written(tmp_path, store_uri):
+    write_readme_modules(tmp_path)
+    (tmp_path / "mine.toml").write_text(protocol_from_readme())
+    text = (ROOT / "README.md").read_text()
+    (command,) = re.findall(r"\n    (python -m benchmark run --config mine\.toml[^\n]*)", text)
+    done = cli(tmp_path, shlex.split(command)[1:], store_uri)
+    assert done.returncode == 0, done.stderr
+    runs = cells(store_uri, "pmnist-mine")
+    assert {d: r.status for d, r in runs.items()} == {"none": "FINISHED", "mas": "FINISHED"}
+    store = Store(store_uri)
+    recorded = json.loads(store.download(runs["mas"].id, "task_sequence.json", tmp_path / "f").read_text())
+    assert recorded == {"kind": "mnist-then-negative", "tasks": ["mnist", "1 - mnist"]}
+    matrix = pd.read_csv(store.download(runs["mas"].id, "accuracy_matrix.csv", tmp_path / "g"))
+    assert matrix.shape == (2, 3) and matrix.task_0.iloc[0] > 0.5  # 2 tasks; the model learnt task 0
+    config = config_of(store_uri, runs["mas"].id, tmp_path / "h")
+    assert (config["model"]["factory"], config["data"]["factory"]) == ("my_model:narrow_tanh",
+                                                                       "my_tasks:mnist_then_negative")
+    correlations = pd.read_csv(store.download(runs["mas"].id, "correlations.csv", tmp_path / "i"))
+    assert set(correlations.layer.astype(str)) == {"0", "2"}  # the user's model's parameter names
+
+
+BAD_FACTORIES = {
+    "models.py": "from torch import nn\n\n\ndef text(config):\n    return 'a model'\n\n\n"
+                 "def wide(config):\n    return nn.Linear(784, 12)\n\n\nNOT_A_FUNCTION = 3\n",
+    "sequences.py": "def nothing(data, splits, seed):\n    return object()\n\n\n"
+                    "from benchmark.scenario import make_task_sequence\nfrom dataclasses import replace\n\n\n"
+                    "def three(data, splits, seed):\n"
+                    "    return make_task_sequence(replace(data, factory='', tasks=3), splits, seed)\n",
+}
+
+
+@pytest.mark.parametrize("section, spec, message", [
+    ("model", "models:text", "model.factory 'models:text': the model is a str, not a torch.nn.Module"),
+    ("model", "models:wide", "must map images [N, 784] to logits [N, 10], not to (2, 12)"),
+    ("model", "models:NOT_A_FUNCTION", "model.factory 'models:NOT_A_FUNCTION': NOT_A_FUNCTION is not a function"),
+    ("model", "nowhere:f", "model.factory 'nowhere:f': cannot import nowhere"),
+    ("data", "sequences:nothing", "data.factory 'sequences:nothing': returned a object without tasks, split"),
+    ("data", "sequences:three", "data.factory 'sequences:three': returned 3 tasks, data.tasks says 2"),
+])
+def test_bad_factory_is_one_line_exit_2_before_anything_is_written(tmp_path, untouched_store, monkeypatch, capsys,
+                                                                   section, spec, message):
+    for name, text in BAD_FACTORIES.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    protocol = re.sub(r"\ntasks = \d+", "\ntasks = 2", SMOKE).replace(f"[{section}]\n",
+                                                                       f'[{section}]\nfactory = "{spec}"\n')
+    (tmp_path / "bad.toml").write_text(protocol)
+    code = main(["run", "--config", str(tmp_path / "bad.toml"), "--drivers", "mas", "--tracking-uri",
+                 untouched_store, "--data-dir", DATA_DIR])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
