@@ -197,3 +197,16 @@ def test_smoke_protocol_end_to_end(protocol, experiment, recorded, initialised_s
     report = run_cli("report", "--tracking-uri", uri, "--out", str(tmp_path / "report"), uri=uri)
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "report" / "index.html").exists()
+
+
+def test_a_conv_net_on_permuted_tasks_is_evaluated_on_the_permuted_images(mnist):
+    """The general evaluation path (the first-layer shortcut is the MLP's): each task's accuracy is the model's
+    on that task's images."""
+    from tests.reference import accuracy
+
+    config = load_config("smoke")
+    sequence = make_task_sequence(config.data, {"mnist": make_splits(config.data, mnist)}, seed=1)
+    torch.manual_seed(0)
+    model = make_model(load_config("smoke-conv").model).eval()
+    expected = [accuracy(model, sequence.inputs(sequence.test, j), sequence.test.y) for j in range(3)]
+    assert evaluate(model, sequence, "test") == pytest.approx(expected, abs=1e-12)
