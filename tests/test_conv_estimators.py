@@ -137,3 +137,17 @@ def test_a_users_own_layer_takes_the_generic_exact_path():
     model = nn.Sequential(nn.Linear(784, 6), Scale(6), nn.Linear(6, 10)).double()
     x, y = images()
     assert_same(EmpiricalFisher(batch_size=4).importance(model, x, y), fisher_loop(model, x, y), rtol=1e-6)
+
+
+@pytest.mark.parametrize("driver", ["uniform", "shuffled-mas", "layermean-mas"])
+def test_control_drivers_work_on_the_conv_net(driver):
+    from estimators.controls import Control
+
+    model = conv_net()
+    x, y = images()
+    increments = {"mas": MemoryAwareSynapses().importance(model, x, y)}
+    control = Control(driver, seed=0).importance(model, increments)
+    for name, p in model.named_parameters():
+        assert control[name].shape == p.shape
+        if driver != "uniform":  # both transforms keep each tensor's sum (estimators/controls.py)
+            torch.testing.assert_close(control[name].sum(), increments["mas"][name].sum())
