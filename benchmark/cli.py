@@ -136,6 +136,9 @@ def make_parser() -> Parser:
                         help="which entries of a layer the figures and claims correlate (default weight)")
     report.add_argument("--kind", default="accumulated", choices=["accumulated", "increment"],
                         help="accumulated importances (what the penalty sees, default) or each task's own")
+    report.add_argument("--compact", action="store_true",
+                        help="PNG figures only, at 72 dpi, and correlations_summary.csv gzipped: how results/ "
+                             "publishes a report within 5 MB")
     report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (as for run)")
     return parser
 
@@ -289,7 +292,7 @@ def command_report(args) -> int:
               "or --sweep RUN_ID", file=sys.stderr)
         sweeps = [latest.id]
     index = build_report(store, Path(args.out), sweep_ids=sweeps, run_ids=runs, param=args.param, kind=args.kind,
-                         command=command_line())
+                         command=command_line(), compact=args.compact)
     print(f"report written to {index}", file=sys.stderr)
     return 0
 

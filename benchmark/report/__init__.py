@@ -46,8 +46,9 @@ AUTHOR_ACC = "author's ACC % (20 runs, mean ± sd)"
 
 
 def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, run_ids: list[str] | None = None,
-                 param: str = "weight", kind: str = "accumulated", command: str = "") -> Path:
-    """The report on the given sweeps (parent runs) or cell runs, written to `out`; returns its index.html."""
+                 param: str = "weight", kind: str = "accumulated", command: str = "", compact: bool = False) -> Path:
+    """The report on the given sweeps (parent runs) or cell runs, written to `out`; returns its index.html.
+    compact: PNG figures alone at a lower resolution and correlations_summary.csv gzipped (results/)."""
     sweep = load_sweep(store, sweep_ids, run_ids)
     out.mkdir(parents=True, exist_ok=True)
     protocols = sorted(set(sweep.cells.protocol))
@@ -79,20 +80,22 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
     beyond = {method: layer_means(lead, BEYOND_PAIRS, method) for method in ["pearson", *overlap]}
 
     curves = {d: accuracy_curves(sweep.cells, sweep.accuracy, d) for d in sweep.drivers}
-    acc_figure = figures.accuracy_curves(curves, out)
+    folder = figures.FigureFolder(out, **(figures.COMPACT if compact else {}))
+    acc_figure = figures.accuracy_curves(curves, folder)
     matrix_figures = [figures.accuracy_matrix(mean_accuracy_matrix(sweep.cells, sweep.accuracy, driver), driver,
-                                              int((sweep.cells.driver == driver).sum()), out)
+                                              int((sweep.cells.driver == driver).sum()), folder)
                       for driver in sweep.drivers]
     mine = summary[(summary.kind == kind) & (summary.param == param)]
     surface_figures, heatmap_figures = [], []
     for driver in drivers:
         title = (f"driver {driver}: Pearson correlation of {kind} importances over each layer's {param} entries, "
                  f"mean over {int((sweep.cells.driver == driver).sum())} seed(s)")
-        surface_figures.append(figures.correlation_surfaces(mine[mine.driver == driver], pairs, driver, title, out))
-        heatmap_figures.append(figures.correlation_heatmaps(mine[mine.driver == driver], pairs, driver, title, out))
+        surface_figures.append(figures.correlation_surfaces(mine[mine.driver == driver], pairs, driver, title, folder))
+        heatmap_figures.append(figures.correlation_heatmaps(mine[mine.driver == driver], pairs, driver, title, folder))
 
-    data_files = ["forgetting.csv", "claims.csv", "correlations_summary.csv"]
-    summary.to_csv(out / "correlations_summary.csv", index=False)
+    summary_file = "correlations_summary.csv" + (".gz" if compact else "")  # pandas reads either
+    data_files = ["forgetting.csv", "claims.csv", summary_file]
+    summary.to_csv(out / summary_file, index=False)
     forgetting.astype(str).to_csv(out / "forgetting.csv", index=False)
     claims.to_csv(out / "claims.csv", index=False)
     for method, table in beyond.items():
@@ -110,10 +113,12 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
     if gaps:
         sections.append(Section("Incomplete sweep", "incomplete", [Text("These cells are not in the report:"),
                                                                    Lines(gaps)]))
-    sections.append(forgetting_section(forgetting, acc_figure, matrix_figures))
+    sections.append(forgetting_section(forgetting, Figures([acc_figure], folder.link),
+                                       Figures(matrix_figures, folder.link)))
     if controls:
         sections.append(controls_section(controls, mixed))
-    sections.append(claims_section(verdicts, param, kind, surface_figures, heatmap_figures))
+    sections.append(claims_section(verdicts, param, kind, Figures(surface_figures, folder.link),
+                                   Figures(heatmap_figures, folder.link)))
     for method, table in beyond.items():
         if len(table):
             sections.append(Section(f"Beyond the paper: {method}", f"beyond-{method}", [
@@ -236,7 +241,7 @@ def controls_section(controls: list[pd.DataFrame], mixed: bool) -> Section:
     return Section("Controls", "controls", blocks)
 
 
-def forgetting_section(forgetting: pd.DataFrame, acc_figure: str, matrix_figures: list[str]) -> Section:
+def forgetting_section(forgetting: pd.DataFrame, acc_figure: Figures, matrix_figures: Figures) -> Section:
     author = AUTHOR_ACC if any(c.startswith("paper ACC") for c in forgetting.columns) else None
     rows = []
     for row in forgetting.to_dict("records"):
@@ -252,14 +257,14 @@ def forgetting_section(forgetting: pd.DataFrame, acc_figure: str, matrix_figures
               rows),
         Text("ACC after each task: the mean test accuracy over the tasks seen so far, with 95% t-interval bands "
              f"where a driver has {MIN_SEEDS} seeds or more."),
-        Figures([acc_figure]),
+        acc_figure,
         Text("Accuracy matrices R[i, j]: test accuracy on task j after training task i, mean over seeds."),
-        Figures(matrix_figures),
+        matrix_figures,
     ])
 
 
-def claims_section(verdicts: dict[str, list[ClaimResult]], param: str, kind: str, surface_figures: list[str],
-                   heatmap_figures: list[str]) -> Section:
+def claims_section(verdicts: dict[str, list[ClaimResult]], param: str, kind: str, surface_figures: Figures,
+                   heatmap_figures: Figures) -> Section:
     drivers = list(verdicts)
     results = {(c.claim, driver): c for driver in drivers for c in verdicts[driver]}
     claims = list(dict.fromkeys(c.claim for c in verdicts[drivers[0]]))
@@ -289,10 +294,10 @@ def claims_section(verdicts: dict[str, list[ClaimResult]], param: str, kind: str
         Text("Correlation surfaces: for every pair of estimators (and fis–mas², √fis–mas), the Pearson correlation "
              "over (layer, task), mean over seeds, like the paper's Fig. 1–7 — one figure per driver, the paper's "
              "driver first."),
-        Figures(surface_figures),
+        surface_figures,
         Text(f"Correlation heatmaps: Pearson and Spearman per pair, mean ± half-width of the 95% t-interval (from "
              f"{MIN_SEEDS} seeds on). All values, for every kind and param: correlations_summary.csv."),
-        Figures(heatmap_figures),
+        heatmap_figures,
     ])
 
 

@@ -1,5 +1,7 @@
-"""The report's figures, each saved as PNG and SVG; every function returns the file stem it wrote."""
+"""The report's figures, each saved as PNG and SVG (or PNG alone, smaller: report --compact); every function
+returns the file stem it wrote."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -11,12 +13,27 @@ import pandas as pd  # noqa: E402
 
 from benchmark.report.stats import MIN_SEEDS, Estimate  # noqa: E402
 
-FORMATS = ("png", "svg")
+
+@dataclass(frozen=True)
+class FigureFolder:
+    """Where the figures go, in which formats and at what resolution: the page shows the PNG and links to the
+    last format (the SVG, when there is one)."""
+
+    path: Path
+    formats: tuple[str, ...] = ("png", "svg")
+    dpi: int = 110
+
+    @property
+    def link(self) -> str:
+        return self.formats[-1]
 
 
-def _save(fig, out: Path, stem: str) -> str:
-    for fmt in FORMATS:
-        fig.savefig(out / f"{stem}.{fmt}", dpi=110, bbox_inches="tight")
+COMPACT = {"formats": ("png",), "dpi": 72}  # what results/ publishes: under 5 MB for a sweep of 8 drivers
+
+
+def _save(fig, out: FigureFolder, stem: str) -> str:
+    for fmt in out.formats:
+        fig.savefig(out.path / f"{stem}.{fmt}", dpi=out.dpi, bbox_inches="tight")
     plt.close(fig)
     return stem
 
@@ -25,7 +42,7 @@ def _layer_order(layers) -> list[str]:
     return sorted(set(layers), key=lambda name: (len(name), name))
 
 
-def accuracy_matrix(R: np.ndarray, driver: str, n: int, out: Path) -> str:
+def accuracy_matrix(R: np.ndarray, driver: str, n: int, out: FigureFolder) -> str:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     image = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
     for i in range(R.shape[0]):
@@ -41,7 +58,7 @@ def accuracy_matrix(R: np.ndarray, driver: str, n: int, out: Path) -> str:
     return _save(fig, out, f"accuracy_matrix_{driver}")
 
 
-def accuracy_curves(curves: dict[str, list[Estimate]], out: Path) -> str:
+def accuracy_curves(curves: dict[str, list[Estimate]], out: FigureFolder) -> str:
     """ACC after each task per driver; the 95% band only where a driver has MIN_SEEDS seeds or more (from two
     seeds a t-interval is wider than the axis)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -76,7 +93,7 @@ def _grid(summary: pd.DataFrame, a: str, b: str, method: str) -> tuple[list[str]
 
 
 def correlation_surfaces(summary: pd.DataFrame, pairs: list[tuple[str, str]], driver: str, title: str,
-                         out: Path) -> str:
+                         out: FigureFolder) -> str:
     """The paper's Fig. 1–7: Pearson correlation as a surface over (layer, task), one panel per pair."""
     columns = 4
     rows = int(np.ceil(len(pairs) / columns))
@@ -97,7 +114,7 @@ def correlation_surfaces(summary: pd.DataFrame, pairs: list[tuple[str, str]], dr
 
 
 def correlation_heatmaps(summary: pd.DataFrame, pairs: list[tuple[str, str]], driver: str, title: str,
-                         out: Path) -> str:
+                         out: FigureFolder) -> str:
     """Pearson and Spearman side by side per pair, each cell the mean over seeds ± half the 95% interval (where
     there are MIN_SEEDS seeds or more)."""
     # constrained layout keeps the suptitle clear of the first row's titles (tight_layout ignores it)

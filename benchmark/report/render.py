@@ -28,7 +28,8 @@ class Table:
 
 @dataclass(frozen=True)
 class Figures:
-    stems: list[str]  # each saved as <stem>.png and <stem>.svg beside the pages
+    stems: list[str]  # each saved as <stem>.png (and <stem>.svg) beside the pages
+    link: str = "svg"  # the format each image links to
     kind: str = "figures"
 
 
