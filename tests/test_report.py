@@ -126,7 +126,7 @@ def test_the_report_leads_with_its_answers(sweep_store, report, tmp_path):
 def test_no_interval_or_band_from_fewer_than_three_seeds(report, tmp_path):
     """Two seeds: every shown value says n < 3 and has no interval; the ACC curves have no band and a tick per task.
     Three seeds: the band is there."""
-    from benchmark.report.figures import accuracy_curves
+    from benchmark.report.figures import FigureFolder, accuracy_curves
     from benchmark.report.stats import mean_ci
 
     forgetting_shown, claims_shown = markdown_tables((report / "README.md").read_text())[1:3]
@@ -138,7 +138,7 @@ def test_no_interval_or_band_from_fewer_than_three_seeds(report, tmp_path):
     assert "PolyCollection" not in svg
 
     three = {"mas": [mean_ci([0.9, 0.92, 0.95]), mean_ci([0.8, 0.85, 0.83])]}
-    assert "PolyCollection" in (tmp_path / f"{accuracy_curves(three, tmp_path)}.svg").read_text()
+    assert "PolyCollection" in (tmp_path / f"{accuracy_curves(three, FigureFolder(tmp_path))}.svg").read_text()
 
 
 def browser_problems(index: Path) -> list[str]:
@@ -322,3 +322,16 @@ def test_report_on_a_missing_store_creates_nothing(tmp_path, capsys):
     assert main(["report", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 2
     assert "no tracking store at" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_compact_report_is_png_only_with_its_links_and_the_same_numbers(report, sweep_store, tmp_path):
+    """--compact (what results/ publishes): PNG figures linked to themselves, the summary gzipped, same numbers."""
+    compact = tmp_path / "compact"
+    assert main(["report", "--experiment", "pmnist-smoke", "--tracking-uri", sweep_store, "--out", str(compact),
+                 "--compact"]) == 0
+    assert not list(compact.glob("*.svg")) and list(compact.glob("*.png"))
+    html = (compact / "index.html").read_text()
+    assert ".svg" not in html and 'href="acc_curves.png"' in html
+    full = pd.read_csv(report / "correlations_summary.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(compact / "correlations_summary.csv.gz"), full)
+    assert (compact / "forgetting.csv").read_text() == (report / "forgetting.csv").read_text()
