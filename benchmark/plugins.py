@@ -64,7 +64,7 @@ def load(spec: str, origin: str = "--estimator-plugin") -> EstimatorPlugin:
     def bad(problem: str) -> UsageError:
         return UsageError(f"estimator plugin {spec!r} ({origin}): {problem}")
 
-    module_name, class_name, cls = _import(spec, bad)
+    module_name, class_name, cls = _import(spec, bad, "module:Class")
     if not (inspect.isclass(cls) and issubclass(cls, Estimator)):
         raise bad(f"{class_name} is not a subclass of estimators.Estimator")
     name = getattr(cls, "name", "")
@@ -90,17 +90,18 @@ def function(spec: str, origin: str):
     def bad(problem: str) -> UsageError:
         return UsageError(f"{origin} {spec!r}: {problem}")
 
-    _, name, found = _import(spec, bad)
+    _, name, found = _import(spec, bad, "module:function")
     if not callable(found):
         raise bad(f"{name} is not a function")
     return found
 
 
-def _import(spec: str, bad) -> tuple[str, str, object]:
-    """(module name, attribute name, the attribute) of module:attribute; bad(problem) is the error to raise."""
+def _import(spec: str, bad, form: str) -> tuple[str, str, object]:
+    """(module name, attribute name, the attribute) of module:attribute; bad(problem) is the error to raise,
+    form the spec's expected shape for it."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise bad("expected module:name")
+        raise bad(f"expected {form}")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # the user's module may fail in any way while it imports
