@@ -44,7 +44,8 @@ def provenance(driver: str, lam: Lambda, protocol: str) -> str:
     else:
         origin = {"default": f"protocol {protocol}", "config": f"config file {protocol}.toml",
                   "user": "--lambda"}[lam.source]
-    return f"{driver}: λ {lam.value:.4g} ({lam.of + chr(39) + 's λ, ' if lam.of else ''}{origin})"
+    inherited = f"{lam.of}'s λ, " if lam.of else ""
+    return f"{driver}: λ {lam.value:.4g} ({inherited}{origin})"
 
 
 def resolve_lambdas(config: Config, drivers: list[str], user: dict[str, float], source: str, storage,
