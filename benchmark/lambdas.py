@@ -98,4 +98,4 @@ def resolve_lambdas(config: Config, drivers: list[str], user: dict[str, float], 
             raise UsageError(f"no λ for driver {driver!r}: {why}; tune it (python -m benchmark tune --driver "
                              f"{driver}), add it to [penalty] lambda or pass --lambda")
         lambdas[driver] = lam
-    return lambdas, notes
+    return lambdas, list(dict.fromkeys(notes))  # a control and its estimator may note the same study
