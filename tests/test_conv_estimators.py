@@ -25,6 +25,7 @@ from tests.reference import (
     mas_loop,
     true_fisher_loop,
 )
+from tests.test_estimators import assert_same
 
 SMALL = ModelConfig(kind="conv", channels=(3, 4), kernels=(5, 3), pools=(2, 1))
 
@@ -47,13 +48,6 @@ def conv_net(config: ModelConfig = SMALL, dtype=torch.float64, seed: int = 0) ->
 def images(n: int = 13, dtype=torch.float64, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 784, generator=g, dtype=dtype), torch.randint(0, 10, (n,), generator=g)
-
-
-def assert_same(fast: dict, slow: dict, rtol: float):
-    assert fast.keys() == slow.keys()
-    for k in slow:
-        assert slow[k].abs().max() > 0, f"{k}: reference is all zero, the comparison would prove nothing"
-        torch.testing.assert_close(fast[k], slow[k], rtol=rtol, atol=0, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.mark.parametrize("estimator, reference", [
