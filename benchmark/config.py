@@ -50,6 +50,9 @@ class DataConfig:
     # importance_samples training images, trained on (the author's code; its protocol has no validation split)
     importance_from: str = "validation"
     test_images: int = 10000
+    # permuted: the seed the permutations are drawn from; -1: the run's own. One value for every run gives every
+    # seed the same tasks, as the author's cached datasets did (his runs differ in weights and batch order only)
+    permutation_seed: int = -1
     # the task sequence (benchmark/scenario.py): "permuted" (the paper's), "rotated", "split" or "sequence"
     sequence: str = "permuted"
     # rotated: task t's angle in degrees, counter-clockwise; none given: task 0 at 0°, the others drawn from the
@@ -223,6 +226,9 @@ def _validate(c: Config, source: str) -> None:
     need(1 <= d.importance_samples <= importance_pool,
          f"data.importance_samples must be between 1 and data.{d.importance_from}_images")
     need(1 <= d.test_images <= 10000, "data.test_images must be between 1 and 10000")
+    need(d.permutation_seed >= -1, "data.permutation_seed must be ≥ 0, or -1 for the run's seed")
+    need(d.permutation_seed == -1 or d.sequence == "permuted",
+         "data.permutation_seed is for data.sequence = 'permuted'")
     _validate_sequence(d, need)
     need(len(c.model.hidden) >= 1 and all(h >= 1 for h in c.model.hidden), "model.hidden must be positive sizes")
     need(c.model.leaky_relu_slope >= 0, "model.leaky_relu_slope must be ≥ 0")

@@ -299,7 +299,7 @@ def make_task_sequence(data: DataConfig, splits: Mapping[str, Splits], seed: int
     if data.factory:
         return checked_task_sequence(plugins.function(data.factory, "data.factory")(data, splits, seed), data)
     if data.sequence == "permuted":
-        return make_scenario(splits[data.dataset], tasks, seed)
+        return make_scenario(splits[data.dataset], tasks, seed if data.permutation_seed < 0 else data.permutation_seed)
     if data.sequence == "rotated":
         angles = data.angles or draw_angles(tasks, data.max_angle, seed)
         return ImageTasks("rotated", splits, (data.dataset,) * tasks, tuple(angles))

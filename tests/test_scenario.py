@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.config import load_config
+from benchmark.config import load_config, parse_config
 from benchmark.errors import UsageError
-from benchmark.scenario import draw_permutations, load_dataset, make_scenario, make_splits
+from benchmark.scenario import draw_permutations, load_dataset, make_scenario, make_splits, make_task_sequence
 
 
 def test_permutations_drawn_from_seed():
@@ -17,6 +17,18 @@ def test_permutations_drawn_from_seed():
     np.testing.assert_array_equal(p, draw_permutations(10, seed=3))
     assert not np.array_equal(p[1], draw_permutations(10, seed=4)[1])
     assert len({row.tobytes() for row in p}) == 10
+
+
+def test_one_permutation_seed_gives_every_run_the_same_tasks(mnist):
+    fixed = parse_config({"data": {"permutation_seed": 7}}, "fixed").data
+    splits = {"mnist": make_splits(fixed, mnist)}
+    for seed in (0, 1):
+        np.testing.assert_array_equal(make_task_sequence(fixed, splits, seed).permutations, draw_permutations(10, 7))
+    own = load_config("paper").data
+    assert not np.array_equal(make_task_sequence(own, splits, 0).permutations[1],
+                              make_task_sequence(own, splits, 1).permutations[1])
+    with pytest.raises(UsageError, match="permutation_seed"):
+        parse_config({"data": {"permutation_seed": -2}}, "bad")
 
 
 def test_real_mnist_splits(mnist):
