@@ -112,9 +112,9 @@ def make_parser() -> Parser:
                      help=f"with --lambda-source auto, smaller studies are ignored (default {MIN_TUNED_TRIALS})")
     run.add_argument("--log-importances", choices=["final", "all", "none"], default="final",
                      help="which tasks' importances are stored as artifacts (default final)")
-    run.add_argument("--parallel-seeds", type=int_at_least(1), default=1, metavar="K",
-                     help="train up to K seeds of a driver together, as one batched model: pays on a GPU; on a CPU "
-                          "the same results, no faster (default 1)")
+    run.add_argument("--parallel", type=int_at_least(1), default=1, metavar="K",
+                     help="train up to K cells together, whatever their drivers, stacked in one training step: pays "
+                          "on a GPU; on a CPU the same results as one at a time (default 1)")
 
     tune = commands.add_parser("tune", parents=[training, stores], help="find λ per driver with Optuna")
     tune.add_argument("--driver", default=None, help=f"one of {penalised_choices()}; or all estimators")
@@ -175,14 +175,10 @@ def load_data(config: Config, args):
     return splits
 
 
-def check_model(config: Config, parallel_seeds: int) -> None:
+def check_model(config: Config) -> None:
     """What the protocol's model and task sequence allow, before any data is read or anything written."""
     from benchmark.model import check_exact
 
-    if parallel_seeds > 1 and (config.model.kind != "mlp" or config.data.sequence != "permuted"
-                               or config.model.factory or config.data.factory):
-        raise UsageError(f"--parallel-seeds trains the MLP on permuted tasks only, not model.kind = "
-                         f"{config.model.kind!r} on data.sequence = {config.data.sequence!r}")
     try:
         check_exact(config.model)
     except ValueError as e:
@@ -220,12 +216,12 @@ def command_run(args) -> int:
     chosen = parse_drivers(args.drivers)
     lambdas, provenance = resolve_lambdas(config, chosen, args)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    check_model(config, args.parallel_seeds)
+    check_model(config)
     splits = load_data(config, args)
     store = open_store(args)
     print("\n".join(provenance), file=sys.stderr)  # after every check of the input, before the first cell
     statuses, reused = run_sweep(store, config, chosen, seeds, lambdas, splits, args.log_importances,
-                                 command_line(), args.parallel_seeds)
+                                 command_line(), args.parallel)
     failed = [f"{d}/seed {s}" for (d, s), status in statuses.items() if status != "FINISHED"]
     print(f"{len(statuses) - len(failed)} of {len(statuses)} runs finished in experiment "
           f"{experiment_name(config)} of {store.uri}" + (f"; failed: {', '.join(failed)}" if failed else "")
@@ -258,7 +254,7 @@ def command_tune(args) -> int:
     if not config.data.validation_images:
         raise UsageError(f"tune: protocol {config.protocol} has no validation split (data.validation_images = 0): "
                          "tuning on it would read the test set; tune on a protocol with one (e.g. paper)")
-    check_model(config, parallel_seeds=1)
+    check_model(config)
     storage = tuning.open_storage(storage_url)
     splits = load_data(config, args)
     store = open_store(args)

@@ -8,6 +8,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +21,10 @@ from benchmark.config import Config
 from benchmark.correlations import COLUMNS, correlation_rows
 from benchmark.experiment_notes import sweep_experiment_description
 from benchmark.lambdas import Lambda
-from benchmark.loop import Diverged, EstimatorFailed, TaskResult, run_sequence
+from benchmark.loop import Cell, Diverged, EstimatorFailed, TaskResult, run_cells
 from benchmark.metrics import average_accuracy, backward_transfer, forgetting
-from benchmark.parallel_seeds import run_sequences
 from benchmark.progress import Progress
-from benchmark.scenario import PermutedMNIST, Splits, TaskSequence, make_task_sequence
+from benchmark.scenario import Splits, TaskSequence, make_task_sequence
 from tracking import Run, Store
 
 
@@ -75,6 +76,16 @@ ADDED_LATER = {
 }
 
 
+def device_tags(device: torch.device) -> dict[str, str]:
+    """What a cell's numbers depend on besides its config: the device and, on a GPU, CUDA, cuDNN and TF32."""
+    if device.type != "cuda":
+        return {"device_name": platform.processor() or platform.machine()}
+    return {"device_name": torch.cuda.get_device_name(device), "cuda_version": str(torch.version.cuda),
+            "cudnn_version": str(torch.backends.cudnn.version()),
+            "tf32_matmul": str(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": str(torch.backends.cudnn.allow_tf32)}
+
+
 def config_hash(resolved: dict) -> str:
     # where λ came from does not change a result; its value does
     same = {k: v for k, v in resolved.items() if k not in ("lambda_source", "lambda_study")}
@@ -84,15 +95,46 @@ def config_hash(resolved: dict) -> str:
     return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int], lambdas: dict[str, Lambda],
-              splits: dict[str, Splits], log_importances: str, command: str,
-              parallel_seeds: int = 1) -> tuple[dict[tuple[str, int], str], list[str]]:
-    """Run every (driver, seed) cell not already finished in the store with the same configuration; with
-    parallel_seeds > 1, up to that many seeds of a driver are trained together (benchmark.parallel_seeds).
+@dataclass
+class Sweep:
+    """What every cell of a sweep shares: the store and its parent run, the protocol, the data, the progress."""
 
-    Returns each cell's status and the ids of the finished runs that were reused instead of run again."""
+    store: Store
+    experiment: str
+    parent: Run
+    config: Config
+    splits: dict[str, Splits]
+    progress: Progress
+
+
+# An executor trains groups of cells (the resolved cell configs of cell_config; a group is trained stacked, as one
+# run_group) and returns each cell's status by (driver, seed). run_here is the default; benchmark/cluster.py's
+# RayExecutor spreads the groups over a Ray cluster.
+Executor = Callable[[list[list[dict]], Sweep], dict[tuple[str, int], str]]
+
+
+def run_here(groups: list[list[dict]], sweep: Sweep) -> dict[tuple[str, int], str]:
+    """Each group in this process, one after the other."""
+    statuses = {}
+    for group in groups:
+        sweep.progress.describe(", ".join(f"{c['driver']} seed {c['seed']}" for c in group))
+        scenarios = [make_task_sequence(sweep.config.data, sweep.splits, c["seed"]) for c in group]
+        outcome = run_group(sweep.store, sweep.experiment, sweep.parent, sweep.config, group, scenarios,
+                            sweep.progress)
+        statuses.update({(c["driver"], c["seed"]): status for c, status in zip(group, outcome)})
+    return statuses
+
+
+def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int], lambdas: dict[str, Lambda],
+              splits: dict[str, Splits], log_importances: str, command: str, parallel: int = 1,
+              executor: Executor = run_here, device: str | None = None) -> tuple[dict[tuple[str, int], str], list[str]]:
+    """Run every (driver, seed) cell not already finished in the store with the same configuration; up to
+    `parallel` cells at a time, whatever their drivers, are trained stacked (benchmark.loop.run_cells).
+
+    device: where the cells train (default: where the data lies). Returns each cell's status and the ids of the
+    finished runs that were reused instead of run again."""
     experiment = experiment_name(config)
-    device = str(next(iter(splits.values())).train.x.device)
+    device = device or str(next(iter(splits.values())).train.x.device)
     cells = {}
     for driver in drivers:
         for seed in seeds:
@@ -118,20 +160,9 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
                  f"{', '.join(drivers)}; seeds {', '.join(map(str, seeds))}), {len(reused)} already finished; "
                  "a line per finished cell follows")
     try:
-        pending = [cell for cell in cells if cell not in reused]
-        for driver in drivers:
-            seeds_left = [seed for d, seed in pending if d == driver]
-            for start in range(0, len(seeds_left), parallel_seeds):
-                group = seeds_left[start:start + parallel_seeds]
-                progress.describe(f"{driver} seed{'s' if len(group) > 1 else ''} {','.join(map(str, group))}")
-                scenarios = [make_task_sequence(config.data, splits, seed) for seed in group]
-                if len(group) == 1:
-                    statuses[(driver, group[0])] = run_cell(store, experiment, parent, config,
-                                                            cells[(driver, group[0])], scenarios[0], progress)
-                else:
-                    outcome = run_group(store, experiment, parent, config, [cells[(driver, s)] for s in group],
-                                        scenarios, progress)
-                    statuses.update({(driver, seed): status for seed, status in zip(group, outcome)})
+        pending = [config for cell, config in cells.items() if cell not in reused]
+        groups = [pending[start:start + parallel] for start in range(0, len(pending), parallel)]
+        statuses.update(executor(groups, Sweep(store, experiment, parent, config, splits, progress)))
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         # a signal between creating a cell's run and entering its own handler would leave it RUNNING forever
@@ -152,14 +183,14 @@ class CellRecord:
     """One (driver, seed) cell's MLflow run, filled task by task: the layout README's "Artifacts" describes."""
 
     def __init__(self, store: Store, experiment: str, parent: Run, config: Config, resolved: dict,
-                 scenario: TaskSequence, parallel_seeds: int = 1):
+                 scenario: TaskSequence, stacked: int = 1):
         driver, seed = resolved["driver"], resolved["seed"]
         self.config, self.resolved, self.scenario = config, resolved, scenario
         self.started = time.monotonic()  # the cell's wall time, for the progress line
         self.run = store.start_run(experiment, f"{driver}-seed{seed}", parent=parent, tags={
             "kind": "cell", "driver": driver, "seed": seed, "protocol": config.protocol, "lambda": resolved["lambda"],
             "lambda_source": resolved["lambda_source"], "package_version": __version__,
-            "config_hash": config_hash(resolved), "parallel_seeds": parallel_seeds,
+            "config_hash": config_hash(resolved), "stacked": stacked, **device_tags(scenario.device),
             **({"lambda_study": resolved["lambda_study"]} if resolved["lambda_study"] else {}),
         })
         self.tasks_done, self.global_epoch = 0, 0
@@ -243,37 +274,21 @@ class CellRecord:
             self.run.finish("FAILED")
 
 
-def run_cell(store: Store, experiment: str, parent: Run, config: Config, resolved: dict, scenario: TaskSequence,
-             progress: Progress) -> str:
-    record = CellRecord(store, experiment, parent, config, resolved, scenario)
-    try:
-        record.start()
-        for result in run_sequence(config, resolved["driver"], resolved["lambda"], resolved["seed"], scenario):
-            record.task(result)
-            progress.step()
-        return record.done(record.finish(), progress)
-    except (Diverged, EstimatorFailed) as e:
-        return record.failed(e, progress)
-    except BaseException as e:
-        record.abort(e)
-        raise
-
-
 def run_group(store: Store, experiment: str, parent: Run, config: Config, cells: list[dict],
-              scenarios: list[PermutedMNIST], progress: Progress) -> list[str]:
-    """Cells of one driver, several seeds trained together (--parallel-seeds); each seed its own run, as run_cell."""
-    records = [CellRecord(store, experiment, parent, config, resolved, scenario, parallel_seeds=len(cells))
+              scenarios: list[TaskSequence], progress: Progress) -> list[str]:
+    """Cells trained stacked (benchmark.loop.run_cells; a cell alone is a group of one), each its own run."""
+    records = [CellRecord(store, experiment, parent, config, resolved, scenario, stacked=len(cells))
                for resolved, scenario in zip(cells, scenarios)]
     statuses: list[str | None] = [None] * len(cells)
     try:
         for record in records:
             record.start()
-        first = cells[0]
-        for results in run_sequences(config, first["driver"], first["lambda"], [c["seed"] for c in cells], scenarios):
+        stack = [Cell(c["driver"], c["lambda"], c["seed"], scenario) for c, scenario in zip(cells, scenarios)]
+        for results in run_cells(config, stack):
             for k, (record, result) in enumerate(zip(records, results)):
                 if statuses[k] is not None:
                     continue
-                if isinstance(result, Diverged):
+                if isinstance(result, (Diverged, EstimatorFailed)):
                     statuses[k] = record.failed(result, progress)
                 else:
                     record.task(result)
@@ -282,8 +297,6 @@ def run_group(store: Store, experiment: str, parent: Run, config: Config, cells:
             if statuses[k] is None:
                 statuses[k] = record.done(record.finish(), progress)
         return statuses
-    except EstimatorFailed as e:  # a plugin fails each seed alike
-        return [status or record.failed(e, progress) for status, record in zip(statuses, records)]
     except BaseException as e:
         for status, record in zip(statuses, records):
             if status is None:

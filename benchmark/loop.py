@@ -1,13 +1,14 @@
-"""One (driver, seed) cell of the experiment: train the tasks in order, estimate importances after each.
+"""The cells of the experiment — (driver, seed) each — trained: the tasks in order, importances after each.
 
-Reads top to bottom: run_sequence → train_task → train_step. The protocol's estimators (estimators.observe)
-observe every run; only the driver's importances enter the penalty.
+Reads top to bottom: run_cells → train_task → train_step. Several cells, whatever their drivers, train stacked in
+one step (`run --parallel K`); one cell alone is the stack of one (run_sequence), the same code. The protocol's
+estimators (estimators.observe) observe every cell; only the driver's importances enter its penalty.
 """
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -76,17 +77,10 @@ class Penalty:
             torch.addcmul(p.grad, omega, diff, value=2 * self.lam, out=total)
 
     def value(self, params: list[Tensor]) -> float:
-        return self.values(params, 1)[0]
-
-    def values(self, params: list[Tensor], groups: int) -> list[float]:
-        """The penalty of each of `groups` equal consecutive runs of params (one per seed, for stacked seeds)."""
-        size = len(params) // groups
         if not self.active:
-            return [0.0] * groups
-        return [self.lam * sum(float((o * (p.detach() - a).square()).sum()) for p, o, a in
-                               zip(params[g * size:(g + 1) * size], self.omega[g * size:(g + 1) * size],
-                                   self.anchor[g * size:(g + 1) * size]))
-                for g in range(groups)]
+            return 0.0
+        return self.lam * sum(float((o * (p.detach() - a).square()).sum())
+                              for p, o, a in zip(params, self.omega, self.anchor))
 
 
 @dataclass
@@ -164,73 +158,184 @@ def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=t.lr)
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One training of the sweep: a driver with its λ, a seed and the seed's task sequence."""
+
+    driver: str
+    lam: float
+    seed: int
+    scenario: TaskSequence
+
+
+Failure = Diverged | EstimatorFailed
+
+
+class Trainee:
+    """What one cell of a stack trains and keeps: its own model, estimators, penalty and batch order."""
+
+    def __init__(self, config: Config, cell: Cell):
+        self.cell = cell
+        torch.manual_seed(cell.seed)  # the initial weights: the same for every driver with this seed
+        self.model = make_model(config.model).to(cell.scenario.device)
+        self.params = list(self.model.parameters())
+        self.names = [name for name, _ in self.model.named_parameters()]
+        self.shuffle = torch.Generator().manual_seed(cell.seed)
+        self.estimators = make_estimators(config, cell.seed, cell.driver)
+        self.observers = [e for e in self.estimators.values() if e.observes_steps]
+        self.control = Control(cell.driver, cell.seed) \
+            if cell.driver not in self.estimators and cell.driver != "none" else None
+        self.penalty = Penalty(cell.lam if cell.driver != "none" else 0.0)
+        self.accumulated: Importances = {}
+        self.failure: Failure | None = None  # once set, the cell's results are this; it trains on, unread
+
+    def task_importances(self, task: int) -> Importances | None:
+        """The task's importances (in eval mode), or None when a plugin estimator failed (self.failure)."""
+        self.model.eval()
+        try:
+            return task_importances(self.estimators, self.control, self.model,
+                                    *self.cell.scenario.split("importance", task))
+        except EstimatorFailed as e:
+            self.failure = e
+            return None
+
+
+class Stack(nn.Module):
+    """The cells' models side by side: inputs [K, batch, …] → logits [K, batch, classes], model k on slice k.
+
+    batched: the layers of K equal MLPs as batched matrix products (baddbmm over the stacked weights) — what pays
+    on a GPU, where one batch-100 step of a small MLP leaves the device idle. Otherwise each model runs its own
+    slice: on a CPU that is, cell for cell, the arithmetic of a cell trained alone (a batched product can sum in
+    another order than nn.Linear for some shapes)."""
+
+    def __init__(self, models: list[nn.Module], batched: bool):
+        super().__init__()
+        self.cells = nn.ModuleList(models)
+        self.batched = batched
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.batched:
+            return torch.stack([model(xk) for model, xk in zip(self.cells, x)])
+        for i, layer in enumerate(self.cells[0]):
+            if isinstance(layer, nn.Linear):
+                weight = torch.stack([model[i].weight for model in self.cells])
+                bias = torch.stack([model[i].bias for model in self.cells])
+                x = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
+            else:
+                x = layer(x)  # leakyReLU, elementwise
+        return x
+
+
+def batchable(models: list[nn.Module], cells: list[Cell]) -> bool:
+    """Equal MLPs of Linear and leakyReLU layers only, on tasks without heads: what Stack can batch."""
+    first = models[0]
+    return isinstance(first, nn.Sequential) and all(
+        isinstance(m, nn.Sequential) and len(m) == len(first) and all(
+            type(a) is type(b) and isinstance(a, (nn.Linear, nn.LeakyReLU)) and
+            (not isinstance(a, nn.Linear) or a.weight.shape == b.weight.shape) for a, b in zip(m, first))
+        for m in models) and all(c.scenario.classes(t) is None for c in cells for t in range(c.scenario.tasks))
+
+
+def cell_losses(logits: Tensor, y: Tensor) -> Tensor:
+    """Each cell's mean cross-entropy over its own batch: [K, batch, classes], [K, batch] → [K]. Their sum is
+    what backward sees: its gradient with respect to a cell's weights is that cell's own loss's gradient."""
+    return torch.stack([F.cross_entropy(logits_k, y_k) for logits_k, y_k in zip(logits, y)])
+
+
+def run_cells(config: Config, cells: list[Cell], use_test_split: bool = True,
+              batched: bool | None = None) -> Iterator[list[TaskResult | Failure]]:
+    """Train the cells' tasks 0 .. T-1 in order, all cells stacked in one training step (one optimiser over all
+    their parameters: Adam works per tensor, so each cell gets its own Adam); after each task, one result per cell,
+    or the failure that ended that cell (a diverged cell's NaNs touch no other cell). Training and importances of
+    task t see task t's head (scenario.classes), evaluation each task's own.
+
+    use_test_split=False (tuning) never reads the test images: test_accuracy stays empty. batched: Stack's
+    batched products; default: on a GPU, where the models allow them."""
+    trainees = [Trainee(config, cell) for cell in cells]
+    models = [t.model for t in trainees]
+    if batched is None:
+        batched = cells[0].scenario.device.type == "cuda" and batchable(models, cells)
+    stack = Stack(models, batched)
+    optimizer = make_optimizer(config, stack)  # one optimiser across tasks, as in the author's code
+
+    for task in range(cells[0].scenario.tasks):
+        started = time.perf_counter()
+        for t in trainees:
+            for estimator in t.estimators.values():
+                estimator.begin_task(t.model)
+        with ExitStack() as heads:
+            for t in trainees:
+                heads.enter_context(task_head(t.model, t.cell.scenario.classes(task)))
+            epochs = train_task(stack, trainees, optimizer, task, config)
+            increments = [t.task_importances(task) if t.failure is None else None for t in trainees]
+        results: list[TaskResult | Failure] = []
+        for t, increment, (losses, penalties) in zip(trainees, increments, epochs):
+            if t.failure is not None:
+                results.append(t.failure)
+                continue
+            t.accumulated = accumulate(t.accumulated, increment, config)
+            if t.cell.driver != "none":
+                t.penalty.consolidate(t.params, [t.accumulated[t.cell.driver][n] for n in t.names])
+            results.append(TaskResult(
+                task=task,
+                test_accuracy=evaluate(t.model, t.cell.scenario, "test") if use_test_split else [],
+                validation_accuracy=evaluate(t.model, t.cell.scenario, "validation"),
+                increments=increment,
+                accumulated=t.accumulated,
+                state_dict={k: v.detach().clone() for k, v in t.model.state_dict().items()},
+                epoch_losses=losses,
+                epoch_penalties=penalties,
+                seconds=time.perf_counter() - started,
+            ))
+            t.model.train()
+        yield results
+        if all(t.failure is not None for t in trainees):
+            return
+
+
 def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: TaskSequence,
                  use_test_split: bool = True) -> Iterator[TaskResult]:
-    """Train tasks 0 .. T-1 in order with the driver's penalty; yield each task's results as it ends. Training
-    and importances of task t see task t's head (scenario.classes), evaluation each task's own.
-
-    use_test_split=False (tuning) never reads the test images: test_accuracy stays empty."""
-    device = scenario.device
-    torch.manual_seed(seed)  # the initial weights: the same for every driver with this seed
-    model = make_model(config.model).to(device)
-    optimizer = make_optimizer(config, model)  # one optimiser across tasks, as in the author's code
-    shuffle = torch.Generator().manual_seed(seed)
-    estimators = make_estimators(config, seed, driver)
-    control = Control(driver, seed) if driver not in estimators and driver != "none" else None
-    penalty = Penalty(lam if driver != "none" else 0.0)
-    names = [name for name, _ in model.named_parameters()]
-    accumulated: Importances = {}
-
-    for task in range(scenario.tasks):
-        started = time.perf_counter()
-        for estimator in estimators.values():
-            estimator.begin_task(model)
-        with task_head(model, scenario.classes(task)):
-            losses, penalties = train_task(model, optimizer, *scenario.split("train", task), config, shuffle,
-                                           penalty, [e for e in estimators.values() if e.observes_steps], task)
-            model.eval()
-            increments = task_importances(estimators, control, model, *scenario.split("importance", task))
-        accumulated = accumulate(accumulated, increments, config)
-        if driver != "none":
-            params = list(model.parameters())
-            penalty.consolidate(params, [accumulated[driver][n] for n in names])
-
-        yield TaskResult(
-            task=task,
-            test_accuracy=evaluate(model, scenario, "test") if use_test_split else [],
-            validation_accuracy=evaluate(model, scenario, "validation"),
-            increments=increments,
-            accumulated=accumulated,
-            state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-            epoch_losses=losses,
-            epoch_penalties=penalties,
-            seconds=time.perf_counter() - started,
-        )
-        model.train()
+    """One cell alone (the stack of one): its results task by task; a failure is raised."""
+    for (result,) in run_cells(config, [Cell(driver, lam, seed, scenario)], use_test_split):
+        if isinstance(result, Exception):
+            raise result
+        yield result
 
 
-def train_task(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, config: Config,
-               shuffle: torch.Generator, penalty: Penalty, step_observers: list[Estimator],
-               task: int) -> tuple[list[float], list[float]]:
-    """Train one task; return the mean task loss and the penalty after each epoch."""
+def train_task(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Optimizer, task: int,
+               config: Config) -> list[tuple[list[float], list[float]]]:
+    """Train one task; per cell, the mean task loss and the penalty after each epoch. A cell whose loss stopped
+    being finite gets its Diverged (the first such step) as its failure.
+
+    The step losses stay on the device and reach the host once per epoch: on a GPU a read per step would wait
+    for every step to finish before the next is queued."""
     batch = config.training.batch_size
-    params = list(model.parameters())
-    buffers = StepBuffers.allocate(params, step_observers, penalty)
-    epoch_losses, epoch_penalties = [], []
-    step = 0
-    for _ in range(config.training.epochs):
-        order = torch.randperm(len(x), generator=shuffle).to(x.device)
-        total = 0.0
-        for start in range(0, len(x), batch):
-            idx = order[start:start + batch]
-            loss = train_step(model, params, optimizer, x[idx], y[idx], penalty, step_observers, buffers).item()
-            if not math.isfinite(loss):
-                raise Diverged(task, step, loss)
-            total += loss * len(idx)
-            step += 1
-        epoch_losses.append(total / len(x))
-        epoch_penalties.append(penalty.value(params))
-    return epoch_losses, epoch_penalties
+    data = [t.cell.scenario.split("train", task) for t in trainees]
+    images = len(data[0][0])
+    starts = range(0, images, batch)
+    sizes = [min(batch, images - start) for start in starts]
+    buffers = [StepBuffers.allocate(t.params, t.observers, t.penalty) for t in trainees]
+    epochs: list[tuple[list[float], list[float]]] = [([], []) for _ in trainees]
+    device = data[0][0].device
+    for epoch in range(config.training.epochs):
+        orders = [torch.randperm(images, generator=t.shuffle).to(device) for t in trainees]
+        step_losses = torch.empty(len(trainees), len(sizes), device=device)
+        for step, start in enumerate(starts):
+            idx = [order[start:start + batch] for order in orders]
+            x = torch.stack([x_k[i] for (x_k, _), i in zip(data, idx)])
+            y = torch.stack([y_k[i] for (_, y_k), i in zip(data, idx)])
+            step_losses[:, step] = train_step(stack, trainees, optimizer, x, y, buffers)
+        for t, (losses, penalties), row in zip(trainees, epochs, step_losses.tolist()):
+            total = 0.0
+            for step, (loss, size) in enumerate(zip(row, sizes)):
+                if not math.isfinite(loss) and t.failure is None:
+                    t.failure = Diverged(task, epoch * len(sizes) + step, loss)
+                total += loss * size
+            losses.append(total / images)
+            penalties.append(t.penalty.value(t.params))
+        if all(t.failure is not None for t in trainees):
+            break
+    return epochs
 
 
 @dataclass
@@ -242,6 +347,7 @@ class StepBuffers:
     total_grads: list[Tensor]  # task + penalty gradient, while a penalty is active: it becomes p.grad, so that
     # the task gradient autograd produced stays as it is for SI, without a copy
     step_change: list[Tensor]  # θ after the step − θ before it
+    task_grads: list[Tensor]  # this step's task gradients (autograd's p.grad before the penalty's share)
 
     @staticmethod
     def allocate(params: list[Tensor], step_observers: list[Estimator], penalty: Penalty) -> "StepBuffers":
@@ -250,34 +356,36 @@ class StepBuffers:
             values=[p.detach() for p in params],
             total_grads=[torch.empty_like(p) for p in params] if observed and penalty.active else [],
             step_change=[torch.empty_like(p) for p in params] if observed else [],
+            task_grads=[],
         )
 
 
-def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-               penalty: Penalty, step_observers: list[Estimator], buffers: StepBuffers,
-               loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> Tensor:
-    """One optimiser step on task loss + penalty; returns the task loss, detached (one per seed for stacked
-    seeds, whose losses are summed: each seed's weights get their own loss's gradient)."""
+def train_step(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+               buffers: list[StepBuffers]) -> Tensor:
+    """One optimiser step of every cell on its task loss + penalty; returns the cells' task losses, detached."""
     optimizer.zero_grad()  # set to None: backward hands over fresh gradient buffers, as in a bare loop
-    task_loss = loss(model(x), y)
-    task_loss.sum().backward()
-    if not step_observers:
-        penalty.add_gradient(params)
-        optimizer.step()
-        return task_loss.detach()
-    task_grads = [p.grad for p in params]
-    if buffers.total_grads:
-        penalty.add_gradient(params, out=buffers.total_grads)
-        for p, total in zip(params, buffers.total_grads):
-            p.grad = total
-    torch._foreach_copy_(buffers.step_change, buffers.values)
+    losses = cell_losses(stack(x), y)
+    losses.sum().backward()
+    for t, b in zip(trainees, buffers):
+        if not t.observers:
+            t.penalty.add_gradient(t.params)
+            continue
+        b.task_grads = [p.grad for p in t.params]
+        if b.total_grads:
+            t.penalty.add_gradient(t.params, out=b.total_grads)
+            for p, total in zip(t.params, b.total_grads):
+                p.grad = total
+        torch._foreach_copy_(b.step_change, b.values)
     optimizer.step()
-    for change, value in zip(buffers.step_change, buffers.values):
-        torch.sub(value, change, out=change)
-    total_grads = [p.grad for p in params]
-    for observer in step_observers:
-        observer.observe_step(task_grads, total_grads, buffers.step_change)
-    return task_loss.detach()
+    for t, b in zip(trainees, buffers):
+        if not t.observers:
+            continue
+        for change, value in zip(b.step_change, b.values):
+            torch.sub(value, change, out=change)
+        total_grads = [p.grad for p in t.params]
+        for observer in t.observers:
+            observer.observe_step(b.task_grads, total_grads, b.step_change)
+    return losses.detach()
 
 
 @torch.no_grad()

@@ -125,13 +125,6 @@ def test_bad_model_or_sequence_is_one_line_exit_2(text, message, tmp_path, untou
     assert err.count("\n") == 1 and message in err, err
 
 
-def test_parallel_seeds_is_for_the_mlp_on_permuted_tasks(untouched_store, capsys):
-    assert main(["run", "--protocol", "smoke-conv", "--parallel-seeds", "2", "--seeds", "2",
-                 "--tracking-uri", untouched_store]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--parallel-seeds trains the MLP on permuted tasks only" in err
-
-
 def test_a_model_the_exact_rules_cannot_treat_is_refused(monkeypatch, untouched_store, capsys):
     from benchmark import model as models
 

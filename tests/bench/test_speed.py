@@ -8,15 +8,16 @@ machine lands on both alike.
 
 import statistics
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from benchmark.config import load_config
-from benchmark.experiment import cell_config, experiment_name, run_cell
+from benchmark.experiment import cell_config, experiment_name, run_group
 from benchmark.lambdas import Lambda
-from benchmark.loop import Penalty, StepBuffers, make_estimators, make_optimizer, train_step
+from benchmark.loop import Cell, Penalty, Stack, StepBuffers, Trainee, make_estimators, make_optimizer, train_step
 from benchmark.model import make_mlp, make_model
 from benchmark.scenario import make_scenario, make_splits
 from tests.reference import fisher_loop, mas_loop
@@ -75,23 +76,22 @@ def alternating_blocks(variants: dict, rounds: int, steps: int) -> dict[str, flo
 
 
 def training_steps(penalised: bool, observed: bool, x: torch.Tensor, y: torch.Tensor):
-    """A block runner of the experiment's own train_step on the paper's net and batch size."""
-    torch.manual_seed(0)
-    model = make_mlp(PAPER.model)
-    optimizer = make_optimizer(PAPER, model)
-    params = list(model.parameters())
-    penalty = Penalty(1.0 if penalised else 0.0)
-    penalty.consolidate(params, [torch.rand_like(p) for p in params])
-    observers = [make_estimators(PAPER)["si"]] if observed else []
-    for observer in observers:
-        observer.begin_task(model)
-    buffers = StepBuffers.allocate(params, observers, penalty)
+    """A block runner of the experiment's own train_step on the paper's net and batch size (a stack of one)."""
+    trainee = Trainee(PAPER, Cell("none", 0.0, 0, SimpleNamespace(device=torch.device("cpu"))))
+    stack = Stack([trainee.model], batched=False)
+    optimizer = make_optimizer(PAPER, stack)
+    trainee.penalty = Penalty(1.0 if penalised else 0.0)
+    trainee.penalty.consolidate(trainee.params, [torch.rand_like(p) for p in trainee.params])
+    trainee.observers = [make_estimators(PAPER)["si"]] if observed else []
+    for observer in trainee.observers:
+        observer.begin_task(trainee.model)
+    buffers = [StepBuffers.allocate(trainee.params, trainee.observers, trainee.penalty)]
     batch = PAPER.training.batch_size
 
     def block(steps: int) -> None:
         for i in range(steps):
             start = i * batch % len(x)
-            train_step(model, params, optimizer, x[start:start + batch], y[start:start + batch], penalty, observers,
+            train_step(stack, [trainee], optimizer, x[None, start:start + batch], y[None, start:start + batch],
                        buffers)
     return block
 
@@ -109,7 +109,7 @@ def test_si_bookkeeping_per_step(benchmark, penalised):
 
 
 class BareLoopBetweenTasks:
-    """Stands in for run_cell's progress (benchmark.progress.Progress). After each task of the real cell it trains
+    """Stands in for run_group's progress (benchmark.progress.Progress). After each task of the real cell it trains
     a bare PyTorch loop — default Adam, zero_grad, forward, backward, step, nothing else — over the same task's same
     batches, so the two sides of the ratio alternate task by task; its own time is kept apart."""
 
@@ -162,8 +162,7 @@ def test_run_vs_bare_loop(benchmark, mnist, store_uri, protocol, driver, limit):
         parent = store.start_run(experiment, "bench", tags={"kind": "sweep"})
         bare = BareLoopBetweenTasks(config, scenario, seed)
         started = time.perf_counter()
-        status = run_cell(store, experiment, parent, config, resolved, scenario, bare)
-        assert status == "FINISHED"
+        assert run_group(store, experiment, parent, config, [resolved], [scenario], bare) == ["FINISHED"]
         return time.perf_counter() - started - bare.seconds, bare.seconds
 
     full, bare = benchmark.pedantic(cell, rounds=1, iterations=1)
