@@ -15,6 +15,8 @@ from benchmark.errors import UsageError
 from benchmark.lambdas import MIN_TUNED_TRIALS, SOURCES
 
 DATA_DIR_ENV = "BENCHMARK_DATA_DIR"
+# --executor ray's options, unset (None) unless given: given without --executor ray, they are an error
+RAY_DEFAULTS = {"ray_address": None, "ray_cpus": 1.0, "ray_gpus": 0.0, "ray_max_retries": 1, "workers": 1}
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,6 +32,19 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def float_at_least(minimum: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not minimum <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number ≥ {minimum:g}, not {text}")
         return value
 
     return parse
@@ -91,13 +106,23 @@ def make_parser() -> Parser:
                           help="default: cuda if available")
     training.add_argument("--estimator-plugin", action="append", default=[], metavar="MODULE:CLASS",
                           help="an estimator of your own (repeatable; README, 'Bring your own')")
+    cluster = Parser(add_help=False)
+    cluster.add_argument("--executor", choices=["local", "ray"], default="local",
+                         help="local: in this process (default); ray: as tasks on a Ray cluster (README, 'Running on "
+                              "a cluster'; pip install -e '.[ray]')")
+    cluster.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray head to join (default: $RAY_ADDRESS, the "
+                         "cluster `ray start` runs on this machine, else a new one on this machine)")
+    cluster.add_argument("--ray-cpus", type=float_at_least(0), metavar="N", help="CPUs per Ray task (default 1)")
+    cluster.add_argument("--ray-gpus", type=float_at_least(0), metavar="N",
+                         help="GPUs per Ray task, a fraction to share one; > 0 trains on CUDA (default 0: on CPU)")
     stores = Parser(add_help=False)
     stores.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
     stores.add_argument("--storage", default=None, help="Optuna storage: a URL (postgresql://…) or a journal file "
                         "(default $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.journal)")
 
-    run = commands.add_parser("run", parents=[training, stores], help="train every (driver, seed), record it in MLflow")
+    run = commands.add_parser("run", parents=[training, stores, cluster],
+                              help="train every (driver, seed), record it in MLflow")
     run.add_argument("--drivers", default="paper", help=f"comma list of none, {penalised_choices()}; paper (the "
                      f"default): {', '.join(PAPER_DRIVERS)}; all: every estimator (the others need a λ: --lambda or "
                      "tune)")
@@ -115,19 +140,25 @@ def make_parser() -> Parser:
     run.add_argument("--parallel", type=int_at_least(1), default=1, metavar="K",
                      help="train up to K cells together, whatever their drivers, stacked in one training step: pays "
                           "on a GPU; on a CPU the same results as one at a time (default 1)")
+    run.add_argument("--ray-max-retries", type=int_at_least(0), metavar="N",
+                     help="with --executor ray, run a group again up to N times when its worker dies (default "
+                          f"{RAY_DEFAULTS['ray_max_retries']})")
 
-    tune = commands.add_parser("tune", parents=[training, stores], help="find λ per driver with Optuna")
+    tune = commands.add_parser("tune", parents=[training, stores, cluster], help="find λ per driver with Optuna")
     tune.add_argument("--driver", default=None, help=f"one of {penalised_choices()}; or all estimators")
-    tune.add_argument("--trials", type=int_at_least(1), default=20, help="trials this process runs (default 20)")
+    tune.add_argument("--trials", type=int_at_least(1), default=20,
+                      help="trials this command runs per study, split between --workers (default 20)")
+    tune.add_argument("--workers", type=int_at_least(1), metavar="N",
+                      help="with --executor ray, N Ray tasks share each study's trials (default 1)")
     tune.add_argument("--tuning-seeds", type=int_at_least(1), default=1,
                       help="seeds per trial, from 10000 on: never the seeds run reports (default 1)")
     tune.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler")
     tune.add_argument("--show", action="store_true", help="print the best λ of every study in the storage")
 
     report = commands.add_parser("report", help="figures, tables and the paper's claims from a sweep's runs")
-    report.add_argument("--experiment", default=None,
-                        help="report on the latest sweep of this experiment (default: the latest sweep in the store, "
-                             "whatever its experiment)")
+    report.add_argument("--experiment", action="append", metavar="NAME",
+                        help="report on the latest sweep of this experiment; repeat to put several side by side "
+                             "(default: the latest sweep in the store, whatever its experiment)")
     report.add_argument("--sweep", action="append", metavar="RUN_ID",
                         help="a sweep's parent run id instead (repeat to combine sweeps)")
     report.add_argument("--runs", metavar="ID,…", help="cell run ids instead of a sweep")
@@ -158,21 +189,53 @@ def read_config(args) -> Config:
     return config
 
 
-def load_data(config: Config, args):
-    """The protocol's datasets, each split as it says, on the chosen device: {dataset name: splits}."""
+def data_dir(args) -> str:
+    return args.data_dir or os.environ.get(DATA_DIR_ENV) or "data"
+
+
+def load_data(config: Config, args, device: str | None = None):
+    """The protocol's datasets, each split as it says, on `device` (default: the chosen one): {dataset name:
+    splits}."""
     import torch
 
-    from benchmark.scenario import datasets_needed, load_dataset, make_splits, make_task_sequence
+    from benchmark.scenario import make_task_sequence
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or "data"
-    splits = {name: make_splits(config.data, load_dataset(data_dir, name, download=not args.no_download), device)
-              for name in datasets_needed(config.data)}
+    if device is None:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available")
+        device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    splits = read_splits(config, data_dir(args), not args.no_download, device)
     if config.data.factory:
         make_task_sequence(config.data, splits, seed=0)  # checks what the factory returns, before anything is written
     return splits
+
+
+def read_splits(config: Config, data_dir: str, download: bool, device: str):
+    from benchmark.scenario import datasets_needed, load_dataset, make_splits
+
+    return {name: make_splits(config.data, load_dataset(data_dir, name, download=download), device)
+            for name in datasets_needed(config.data)}
+
+
+def ray_options(args) -> dict:
+    """--ray-* and --workers, unset ones at their defaults; a UsageError if one is given without --executor ray."""
+    given = {name: value for name in RAY_DEFAULTS if (value := getattr(args, name, None)) is not None}
+    if given and args.executor != "ray":
+        raise UsageError(f"--{next(iter(given)).replace('_', '-')} needs --executor ray")
+    return {**RAY_DEFAULTS, **given}
+
+
+def on_cluster(config: Config, args, options: dict) -> tuple[dict, str]:
+    """For --executor ray, before the store is opened: every check of the cluster options, the data read here only to
+    check it is there (each task reads its own) and the cluster joined. Returns (those splits, the device the tasks
+    train on)."""
+    from benchmark import cluster
+
+    cluster.import_ray()
+    device = cluster.task_device(args.device, options["ray_gpus"])
+    splits = load_data(config, args, device="cpu")
+    cluster.connect(options["ray_address"], options["ray_cpus"], options["ray_gpus"])
+    return splits, device
 
 
 def check_model(config: Config) -> None:
@@ -210,18 +273,26 @@ def resolve_lambdas(config: Config, drivers: list[str], args) -> tuple[dict, lis
 
 
 def command_run(args) -> int:
-    from benchmark.experiment import experiment_name, run_sweep
+    from benchmark.experiment import experiment_name, run_here, run_sweep
 
+    options = ray_options(args)
     config = read_config(args)
     chosen = parse_drivers(args.drivers)
     lambdas, provenance = resolve_lambdas(config, chosen, args)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     check_model(config)
-    splits = load_data(config, args)
+    if args.executor == "ray":
+        from benchmark.cluster import RayExecutor
+
+        splits, device = on_cluster(config, args, options)
+        executor = RayExecutor(data_dir(args), not args.no_download, device, options["ray_cpus"],
+                               options["ray_gpus"], options["ray_max_retries"])
+    else:
+        splits, device, executor = load_data(config, args), None, run_here
     store = open_store(args)
     print("\n".join(provenance), file=sys.stderr)  # after every check of the input, before the first cell
     statuses, reused = run_sweep(store, config, chosen, seeds, lambdas, splits, args.log_importances,
-                                 command_line(), args.parallel)
+                                 command_line(), args.parallel, executor, device)
     failed = [f"{d}/seed {s}" for (d, s), status in statuses.items() if status != "FINISHED"]
     print(f"{len(statuses) - len(failed)} of {len(statuses)} runs finished in experiment "
           f"{experiment_name(config)} of {store.uri}" + (f"; failed: {', '.join(failed)}" if failed else "")
@@ -254,20 +325,38 @@ def command_tune(args) -> int:
     if not config.data.validation_images:
         raise UsageError(f"tune: protocol {config.protocol} has no validation split (data.validation_images = 0): "
                          "tuning on it would read the test set; tune on a protocol with one (e.g. paper)")
+    options = ray_options(args)
     check_model(config)
     storage = tuning.open_storage(storage_url)
+    seeds = list(range(tuning.TUNING_FIRST_SEED, tuning.TUNING_FIRST_SEED + args.tuning_seeds))
+    if args.executor == "ray":
+        from benchmark.cluster import tune_on_cluster
+
+        _, device = on_cluster(config, args, options)
+        store = open_store(args)
+        failures = tune_on_cluster(store, storage, storage_url, config, to_tune, args.trials, options["workers"],
+                                   seeds, command_line(), args.sampler_seed, data_dir(args), not args.no_download,
+                                   device, options["ray_cpus"], options["ray_gpus"])
+        for driver in to_tune:
+            print_study(tuning.load_study(storage, driver, config), storage_url)
+        for failure in failures:
+            print(f"failed Ray task: {failure}", file=sys.stderr)
+        return 1 if failures else 0
     splits = load_data(config, args)
     store = open_store(args)
-    seeds = list(range(tuning.TUNING_FIRST_SEED, tuning.TUNING_FIRST_SEED + args.tuning_seeds))
     for driver in to_tune:
-        study = tuning.tune(store, storage, storage_url, config, driver, args.trials, seeds, splits, command_line(),
-                            args.sampler_seed)
-        complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-        best = f"best λ {study.best_params['lambda']:.4g} (validation ACC {study.best_value:.4f})" if complete \
-            else "no completed trial yet"
-        print(f"{study.study_name}: {best} after {len(study.trials)} trials in {tuning.redact(storage_url)}",
-              file=sys.stderr)
+        print_study(tuning.tune(store, storage, storage_url, config, driver, args.trials, seeds, splits,
+                                command_line(), args.sampler_seed), storage_url)
     return 0
+
+
+def print_study(study, storage_url: str) -> None:
+    from benchmark.tuning import redact
+
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    best = f"best λ {study.best_params['lambda']:.4g} (validation ACC {study.best_value:.4f})" if complete \
+        else "no completed trial yet"
+    print(f"{study.study_name}: {best} after {len(study.trials)} trials in {redact(storage_url)}", file=sys.stderr)
 
 
 def command_report(args) -> int:
@@ -280,13 +369,15 @@ def command_report(args) -> int:
     runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
     sweeps = args.sweep
     if not sweeps and not runs:
-        latest = latest_sweep(store, args.experiment)
-        started = datetime.datetime.fromtimestamp(latest.start_time / 1000, tz=datetime.timezone.utc)
-        print(f"report: the latest sweep {'of experiment ' + args.experiment if args.experiment else 'in the store'}"
-              f": {latest.id} (experiment {latest.experiment}, started {started:%Y-%m-%d %H:%M} UTC, drivers "
-              f"{latest.tags.get('drivers', '?')}, seeds {latest.tags.get('seeds', '?')}); another: --experiment NAME "
-              "or --sweep RUN_ID", file=sys.stderr)
-        sweeps = [latest.id]
+        sweeps = []
+        for experiment in args.experiment or [None]:
+            latest = latest_sweep(store, experiment)
+            started = datetime.datetime.fromtimestamp(latest.start_time / 1000, tz=datetime.timezone.utc)
+            print(f"report: the latest sweep {'of experiment ' + experiment if experiment else 'in the store'}: "
+                  f"{latest.id} (experiment {latest.experiment}, started {started:%Y-%m-%d %H:%M} UTC, drivers "
+                  f"{latest.tags.get('drivers', '?')}, seeds {latest.tags.get('seeds', '?')}); another: --experiment "
+                  "NAME or --sweep RUN_ID", file=sys.stderr)
+            sweeps.append(latest.id)
     index = build_report(store, Path(args.out), sweep_ids=sweeps, run_ids=runs, param=args.param, kind=args.kind,
                          command=command_line(), compact=args.compact)
     print(f"report written to {index}", file=sys.stderr)

@@ -95,3 +95,16 @@ def test_two_protocols_judged_side_by_side(stores, tmp_path):
     assert set(zip(controls.protocol, controls.driver)) == {("smoke", d) for d in ["mas", *CONTROLS]} | {
         ("smoke2", "mas"), ("smoke2", "shuffled-mas")}
     assert re.search(r"^mas \(protocol smoke2\):$", (both / "README.md").read_text(), re.M)
+
+
+def test_repeated_experiment_reports_each_ones_latest_sweep_side_by_side(stores, tmp_path, capsys):
+    uri, smoke, smoke2 = stores
+    by_sweep = (report_on(uri, tmp_path / "by-sweep", smoke, smoke2) / "README.md").read_text()
+    out = tmp_path / "by-experiment"
+    assert main(["report", "--experiment", "pmnist-smoke", "--experiment", "pmnist-smoke2", "--out", str(out),
+                 "--tracking-uri", uri]) == 0
+    err = capsys.readouterr().err
+    assert f"of experiment pmnist-smoke: {smoke} " in err and f"of experiment pmnist-smoke2: {smoke2} " in err
+    by_experiment = (out / "README.md").read_text()
+    summary = by_experiment.split("## Forgetting")[0]
+    assert summary == by_sweep.split("## Forgetting")[0].replace(str(tmp_path / "by-sweep"), str(out))

@@ -17,7 +17,17 @@ import torch.nn.functional as F
 from benchmark.config import load_config
 from benchmark.experiment import cell_config, experiment_name, run_group
 from benchmark.lambdas import Lambda
-from benchmark.loop import Cell, Penalty, Stack, StepBuffers, Trainee, make_estimators, make_optimizer, train_step
+from benchmark.loop import (
+    Cell,
+    Penalty,
+    Stack,
+    StepBuffers,
+    Trainee,
+    make_estimators,
+    make_optimizer,
+    run_cells,
+    train_step,
+)
 from benchmark.model import make_mlp, make_model
 from benchmark.scenario import make_scenario, make_splits
 from tests.reference import fisher_loop, mas_loop
@@ -234,3 +244,27 @@ def test_conv_importances_vectorised_vs_batch1_loop(benchmark, mnist):
     benchmark.extra_info.update(batch1_loop_seconds_scaled=loop_seconds, speedup_vs_batch1_loop=speedup,
                                 target_met=speedup >= TARGET_CONV_IMPORTANCE_SPEEDUP)
     assert speedup >= GUARD_CONV_IMPORTANCE_SPEEDUP, f"conv importances only {speedup:.1f}× faster than the loop"
+
+
+# Issue #14: on a CPU, --parallel never slower than the same cells one at a time (it does the same arithmetic,
+# cell for cell, plus stacking each batch); guarded with room for a loaded machine's noise.
+TARGET_CPU_STACK_RATIO, GUARD_CPU_STACK_RATIO = 1.0, 1.10
+
+
+def test_stacked_cells_vs_one_at_a_time_on_cpu(benchmark, mnist):
+    """Three cells of mixed drivers (the quick protocol) stacked against the same three one after the other, the
+    two sides taken in turn."""
+    config = load_config("quick")
+    splits = make_splits(config.data, mnist)
+    cells = [Cell(driver, config.penalty.lambda_.get(driver, 0.0), seed, make_scenario(splits, config.data.tasks, seed))
+             for driver, seed in [("mas", 0), ("si", 1), ("none", 2)]]
+    sides = {"stacked": lambda: list(run_cells(config, cells)),
+             "one at a time": lambda: [list(run_cells(config, [cell])) for cell in cells]}
+    medians = benchmark.pedantic(alternating_blocks, args=({k: lambda _n, f=f: f() for k, f in sides.items()}, 2, 1),
+                                 rounds=1, iterations=1)
+    ratio = medians["stacked"] / medians["one at a time"]
+    benchmark.extra_info.update(stacked_seconds=medians["stacked"], one_at_a_time_seconds=medians["one at a time"],
+                                ratio=ratio, target_met=ratio <= TARGET_CPU_STACK_RATIO)
+    print(f"\n3 quick cells stacked {medians['stacked']:.1f} s, one at a time {medians['one at a time']:.1f} s, "
+          f"ratio {ratio:.3f}")
+    assert ratio <= GUARD_CPU_STACK_RATIO, f"--parallel costs {ratio:.2f}× the same cells one at a time on a CPU"
