@@ -102,6 +102,10 @@ def tuned_study(storage, driver: str, protocol: str, dataset: str = "mnist") -> 
     return TunedStudy(name, float(best.params["lambda"]), float(best.value), trial_counts(study)["complete"])
 
 
+def load_study(storage, driver: str, config: Config) -> optuna.Study:
+    return optuna.load_study(study_name=study_name(driver, config.protocol, config.data.dataset), storage=storage)
+
+
 def study_summaries(storage) -> list[dict]:
     rows = []
     for summary in optuna.get_all_study_summaries(storage):
