@@ -27,7 +27,7 @@ import optuna
 
 from benchmark.config import Config
 from benchmark.errors import UsageError
-from benchmark.experiment import experiment_name
+from benchmark.experiment import device_tags, experiment_name
 from benchmark.experiment_notes import tuning_experiment_description
 from benchmark.loop import Diverged, EstimatorFailed, run_sequence
 from benchmark.metrics import average_accuracy
@@ -168,7 +168,7 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
         lam = trial.suggest_float("lambda", *LAMBDA_RANGE, log=True)
         run = store.start_run(experiment, f"{driver}-trial{trial.number}", parent=parent, tags={
             "kind": "trial", "driver": driver, "protocol": config.protocol, "study": name,
-            "trial": trial.number, "lambda": lam, **versions})
+            "trial": trial.number, "lambda": lam, **versions, **device_tags(scenarios[0].device)})
         run.log_params({"lambda": lam, "trial": trial.number, "seeds": ",".join(map(str, seeds))})
         try:
             value = _evaluate(config, driver, lam, seeds, scenarios, trial, run)
