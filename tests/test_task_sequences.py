@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,6 +191,9 @@ def test_smoke_protocol_end_to_end(protocol, experiment, recorded, initialised_s
     report = run_cli("report", "--tracking-uri", uri, "--out", str(tmp_path / "report"), uri=uri)
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "report" / "index.html").exists()
+    # the report's layers go from input to output, as the model's parameters do (conv1, bn1, …, fc for conv)
+    summary = pd.read_csv(tmp_path / "report" / "correlations_summary.csv")
+    assert list(dict.fromkeys(summary.layer)) == list(dict.fromkeys(name.rsplit(".", 1)[0] for name in parameters))
 
 
 def test_a_conv_net_on_permuted_tasks_is_evaluated_on_the_permuted_images(mnist):

@@ -91,6 +91,10 @@ def load_sweep(store: Store, sweep_ids: list[str] | None, run_ids: list[str] | N
     expected = {(d, int(s)) for p in parents for d in p.tags.get("drivers", "").split(",") if d
                 for s in p.tags.get("seeds", "").split(",") if s}
     missing = [f"{d}/seed {s}" for d, s in sorted(expected - present)]
+    correlations = pd.concat(correlations, ignore_index=True)
+    # each correlations.csv lists the layers in the model's parameter order, input to output: the order every
+    # table and figure keeps (names alone cannot give it: conv1 … bn1 … fc)
+    correlations["layer"] = pd.Categorical(correlations.layer, categories=list(dict.fromkeys(correlations.layer)))
     return Sweep(experiment=finished[0].experiment, parents=parents, cells=cells_table, accuracy=accuracy,
-                 correlations=pd.concat(correlations, ignore_index=True), missing=missing,
+                 correlations=correlations, missing=missing,
                  not_finished=not_finished)

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark.report.stats import MIN_SEEDS, Estimate  # noqa: E402
+from benchmark.report.stats import MIN_SEEDS, Estimate, layer_order  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,6 @@ def _save(fig, out: FigureFolder, stem: str) -> str:
         fig.savefig(out.path / f"{stem}.{fmt}", dpi=out.dpi, bbox_inches="tight")
     plt.close(fig)
     return stem
-
-
-def _layer_order(layers) -> list[str]:
-    return sorted(set(layers), key=lambda name: (len(name), name))
 
 
 def accuracy_matrix(R: np.ndarray, driver: str, n: int, out: FigureFolder) -> str:
@@ -83,7 +79,7 @@ def accuracy_curves(curves: dict[str, list[Estimate]], out: FigureFolder) -> str
 
 def _grid(summary: pd.DataFrame, a: str, b: str, method: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     rows = summary[(summary.estimator_a == a) & (summary.estimator_b == b) & (summary.method == method)]
-    layers = _layer_order(rows.layer)
+    layers = layer_order(rows.layer)
     tasks = sorted(set(rows.task))
     grid = rows.pivot_table(index="layer", columns="task", values="mean").reindex(index=layers, columns=tasks)
     # half the interval, where there are seeds enough for one worth showing

@@ -126,7 +126,7 @@ def correlation_summary(correlations: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95% interval over seeds for every (driver, kind, param, method, pair, layer, task)."""
     keys = ["driver", "kind", "param", "method", "estimator_a", "estimator_b", "layer", "task"]
     rows = []
-    for key, group in correlations.groupby(keys, sort=True):
+    for key, group in correlations.groupby(keys, sort=True, observed=True):
         e = mean_ci(group["value"])
         rows.append((*key, e.mean, e.low, e.high, e.n))
     return pd.DataFrame(rows, columns=[*keys, "mean", "ci_low", "ci_high", "n"])
@@ -139,8 +139,9 @@ def layer_means(correlations: pd.DataFrame, pairs: list[tuple[str, str]], method
     for a, b in pairs:
         series = _series(correlations, a, b, method)
         if len(series):
-            rows.append({"pair": f"{a} – {b}", **{layer: mean_ci(series[series.layer == layer].groupby("seed")
-                                                                 .value.mean()) for layer in _layers(series)}})
+            per_seed = series.groupby(["layer", "seed"], observed=True).value.mean()
+            rows.append({"pair": f"{a} – {b}", **{layer: mean_ci(per_seed[layer])
+                                                   for layer in layer_order(series.layer)}})
     return pd.DataFrame(rows)
 
 
@@ -183,14 +184,18 @@ def _series(correlations: pd.DataFrame, a: str, b: str, method: str = "pearson")
     return rows[["seed", "layer", "task", "value"]]
 
 
-def _layers(table: pd.DataFrame) -> list[str]:
-    return sorted(set(table.layer), key=lambda name: (len(name), name))
+def layer_order(layers: pd.Series) -> list[str]:
+    """The layers present, input to output: the model's order (collect's categorical column), or the order they
+    first appear in (a table built from one in that order)."""
+    present = set(layers)
+    order = layers.cat.categories if isinstance(layers.dtype, pd.CategoricalDtype) else dict.fromkeys(layers)
+    return [str(layer) for layer in order if layer in present]
 
 
 def _min_over_tasks(per_seed: pd.DataFrame, pair: str) -> ClaimMeasurement:
     """Per layer: the task where the seed-mean is lowest, and the estimate there."""
     values, at_task = {}, {}
-    for layer in _layers(per_seed):
+    for layer in layer_order(per_seed.layer):
         estimates = {t: mean_ci(g.value) for t, g in per_seed[per_seed.layer == layer].groupby("task")}
         at_task[layer] = min(estimates, key=lambda t: estimates[t].mean)
         values[layer] = estimates[at_task[layer]]
@@ -232,7 +237,7 @@ def check_claims(correlations: pd.DataFrame) -> list[ClaimResult]:
     for other in ("fis", "mas", "si"):
         series = _series(correlations, other, "sig")
         per_layer = {layer: mean_ci(series[series.layer == layer].groupby("seed").value.mean())
-                     for layer in _layers(series)}
+                     for layer in layer_order(series.layer)}
         means = [e.mean for e in per_layer.values()]
         holds &= 0.4 <= means[0] <= 0.8 and means[-1] < 0 and all(x > y for x, y in zip(means, means[1:]))
         measurements.append(ClaimMeasurement(f"{other} – sig", per_layer))
