@@ -168,7 +168,7 @@ def make_parser() -> Parser:
     report.add_argument("--kind", default="accumulated", choices=["accumulated", "increment"],
                         help="accumulated importances (what the penalty sees, default) or each task's own")
     report.add_argument("--compact", action="store_true",
-                        help="PNG figures only, at 72 dpi, and correlations_summary.csv gzipped: how results/ "
+                        help="PNG figures only, at 72 dpi, correlations_summary.csv gzipped to 6 digits: how results/ "
                              "publishes a report within 5 MB")
     report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (as for run)")
     return parser

@@ -48,7 +48,8 @@ AUTHOR_ACC = "author's ACC % (20 runs, mean ± sd)"
 def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, run_ids: list[str] | None = None,
                  param: str = "weight", kind: str = "accumulated", command: str = "", compact: bool = False) -> Path:
     """The report on the given sweeps (parent runs) or cell runs, written to `out`; returns its index.html.
-    compact: PNG figures alone at a lower resolution and correlations_summary.csv gzipped (results/)."""
+    compact: PNG figures alone at a lower resolution and correlations_summary.csv gzipped, its numbers to 6
+    significant digits (results/: a folder within 5 MB)."""
     sweep = load_sweep(store, sweep_ids, run_ids)
     out.mkdir(parents=True, exist_ok=True)
     protocols = sorted(set(sweep.cells.protocol))
@@ -95,7 +96,7 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
 
     summary_file = "correlations_summary.csv" + (".gz" if compact else "")  # pandas reads either
     data_files = ["forgetting.csv", "claims.csv", summary_file]
-    summary.to_csv(out / summary_file, index=False)
+    summary.to_csv(out / summary_file, index=False, float_format="%.6g" if compact else None)
     forgetting.astype(str).to_csv(out / "forgetting.csv", index=False)
     claims.to_csv(out / "claims.csv", index=False)
     for method, table in beyond.items():
