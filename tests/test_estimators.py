@@ -2,6 +2,8 @@
 
 import copy
 import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.config import ModelConfig, load_config
-from benchmark.loop import Penalty, make_optimizer, train_task
+from benchmark.loop import Cell, Penalty, Stack, Trainee, make_optimizer, train_task
 from benchmark.model import make_mlp
 from estimators import EmpiricalFisher, MemoryAwareSynapses, SignalImportance, SynapticIntelligence
 from tests.reference import fisher_loop, mas_loop, signal_loop
@@ -147,26 +149,44 @@ def test_si_clip_at_zero():
     assert float(si.importance(model, None, None)["weight"]) == 0.0
 
 
+def cell_alone(hidden: tuple[int, ...], images: dict[str, torch.Tensor], epochs: int = 1) -> tuple[Trainee, object]:
+    """One cell of the experiment's training loop, untrained: seed 0's MLP of these hidden sizes, task 0's images
+    images["x"], images["y"] (filled in by the caller), batches drawn from Generator(5); and its config."""
+    smoke = load_config("smoke")
+    config = replace(smoke, model=replace(smoke.model, hidden=hidden),
+                     training=replace(smoke.training, epochs=epochs))
+    scenario = SimpleNamespace(device=torch.device("cpu"), split=lambda _name, _task: (images["x"], images["y"]))
+    trainee = Trainee(config, Cell("none", 0.0, 0, scenario))
+    trainee.shuffle = torch.Generator().manual_seed(5)
+    return trainee, config
+
+
+def train_alone(trainee: Trainee, config, lr: float = 1e-2) -> None:
+    """The experiment's train_task on the cell alone, with PyTorch's default Adam."""
+    stack = Stack([trainee.model], batched=False)
+    train_task(stack, [trainee], torch.optim.Adam(stack.parameters(), lr=lr), 0, config)
+
+
 @pytest.mark.parametrize("gradient", ["task", "total"])
 def test_si_in_training_loop_equals_hand_written_path_integral(gradient):
     """The experiment's training step (analytic penalty gradient, Adam, SI bookkeeping) against a plain loop
     that backpropagates through task loss + penalty and keeps its own copies of θ."""
-    config = load_config("smoke")
-    torch.manual_seed(0)
-    model = make_mlp(ModelConfig(hidden=(6, 5)))
+    images = {}
+    trainee, config = cell_alone((6, 5), images)
+    model = trainee.model
     reference = copy.deepcopy(model)
-    x = torch.rand(120, 784)
-    y = torch.randint(0, 10, (120,))
+    x = images["x"] = torch.rand(120, 784)
+    y = images["y"] = torch.randint(0, 10, (120,))
     lam = 3.0
     omega_penalty = [torch.rand_like(p) for p in model.parameters()]
     anchor = [p.detach() + 0.05 * torch.randn_like(p) for p in model.parameters()]  # θ* away from θ
 
-    penalty = Penalty(lam)
-    penalty.consolidate(anchor, omega_penalty)
+    trainee.penalty = Penalty(lam)
+    trainee.penalty.consolidate(anchor, omega_penalty)
     si = SynapticIntelligence(xi=0.1, gradient=gradient)
+    trainee.observers = [si]
     si.begin_task(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    train_task(model, optimizer, x, y, config, torch.Generator().manual_seed(5), penalty, [si], task=0)
+    train_alone(trainee, config)
     fast = si.importance(model, x, y)
 
     # the reference: same batches, autograd through the penalised loss, explicit clones

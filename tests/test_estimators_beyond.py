@@ -2,15 +2,13 @@
 and their defining properties."""
 
 import copy
-import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import ModelConfig, load_config
-from benchmark.loop import Penalty, train_task
+from benchmark.config import ModelConfig
 from benchmark.model import make_mlp
 from estimators.abs_fisher import AbsoluteFisher
 from estimators.fis import EmpiricalFisher
@@ -19,7 +17,7 @@ from estimators.fis_exact import TrueFisher
 from estimators.fis_sampled import SampledFisher
 from estimators.sos import RunningSquaredGradients
 from tests.reference import absolute_fisher_loop, batched_fisher_loop, fisher_loop, true_fisher_loop
-from tests.test_estimators import assert_same, data, relative_error, small_net
+from tests.test_estimators import assert_same, cell_alone, data, relative_error, small_net, train_alone
 
 
 def sampled_fisher_loop(estimator: SampledFisher):
@@ -78,18 +76,17 @@ def test_paper_sized_mlp_float32_within_1e5_of_max(make, reference):
 # --- SOS ---
 
 def test_sos_in_training_loop_equals_hand_written_squared_gradients():
-    config = load_config("smoke")
-    config = dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=2))
-    torch.manual_seed(0)
-    model = make_mlp(ModelConfig(hidden=(6, 5)))
+    images = {}
+    trainee, config = cell_alone((6, 5), images, epochs=2)
+    model = trainee.model
     reference = copy.deepcopy(model)
-    x = torch.rand(250, 784)  # minibatches of 100, 100, 50; two epochs: six steps
-    y = torch.randint(0, 10, (250,))
+    x = images["x"] = torch.rand(250, 784)  # minibatches of 100, 100, 50; two epochs: six steps
+    y = images["y"] = torch.randint(0, 10, (250,))
 
     sos = RunningSquaredGradients()
+    trainee.observers = [sos]
     sos.begin_task(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    train_task(model, optimizer, x, y, config, torch.Generator().manual_seed(5), Penalty(0.0), [sos], task=0)
+    train_alone(trainee, config)
     fast = sos.importance(model, x, y)
 
     params = list(reference.parameters())
