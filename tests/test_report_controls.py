@@ -108,3 +108,18 @@ def test_repeated_experiment_reports_each_ones_latest_sweep_side_by_side(stores,
     by_experiment = (out / "README.md").read_text()
     summary = by_experiment.split("## Forgetting")[0]
     assert summary == by_sweep.split("## Forgetting")[0].replace(str(tmp_path / "by-sweep"), str(out))
+
+
+def test_a_protocol_without_the_lead_driver_gets_no_claims_column(stores, tmp_path):
+    """Reported beside another protocol, a sweep without mas (here: none alone) shows its ACC, and no claims."""
+    uri, smoke, _ = stores
+    other = tmp_path / "smoke3.toml"
+    other.write_text((Path(__file__).parents[1] / "benchmark/protocols/smoke.toml").read_text())
+    assert main(["run", "--config", str(other), "--drivers", "none", "--seeds", "1", "--tracking-uri", uri,
+                 "--data-dir", DATA_DIR]) == 0
+    (smoke3,) = Store(uri).find_runs("pmnist-smoke3", kind="sweep")
+    summary = (report_on(uri, tmp_path / "both", smoke, smoke3.id) / "README.md").read_text().split("## Forgetting")[0]
+    acc, verdicts = markdown_tables(summary)[:2]
+    assert list(acc.columns) == ["driver", "ACC % (smoke)", "ACC % (smoke3)"]
+    assert acc.set_index("driver").loc["mas", "ACC % (smoke3)"] == "–"
+    assert list(verdicts.columns) == ["claim", "smoke"]

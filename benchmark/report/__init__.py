@@ -67,8 +67,10 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
                            for driver, results in verdicts.items() for c in results])
     # sweeps of several protocols: the answers per protocol, side by side (the detailed tables pool them)
     mixed = len(protocols) > 1
+    # (a protocol whose sweep lacks the lead driver has no column: its claims are not measured)
     lead_by_protocol = {p: check_claims(chosen[(chosen.driver == drivers[0]) & (chosen.protocol == p)])
-                        for p in protocols} if mixed else {}
+                        for p in protocols if drivers[0] in set(sweep.cells[sweep.cells.protocol == p].driver)} \
+        if mixed else {}
     forgetting_by_protocol = {p: forgetting_table(sweep.cells[sweep.cells.protocol == p], sweep.accuracy,
                                                   sweep.drivers, p) for p in protocols} if mixed else {}
     controls = []  # issue 13: each estimator beside its controls, per protocol
