@@ -201,21 +201,22 @@ class Trainee:
 
 
 class Stack(nn.Module):
-    """The cells' models side by side: inputs [K, batch, …] → logits [K, batch, classes], model k on slice k.
+    """The cells' models side by side: one batch of inputs per cell → one batch of logits per cell.
 
     batched: the layers of K equal MLPs as batched matrix products (baddbmm over the stacked weights) — what pays
     on a GPU, where one batch-100 step of a small MLP leaves the device idle. Otherwise each model runs its own
-    slice: on a CPU that is, cell for cell, the arithmetic of a cell trained alone (a batched product can sum in
-    another order than nn.Linear for some shapes)."""
+    batch: on a CPU that is, cell for cell, the arithmetic of a cell trained alone (a batched product can sum in
+    another order than nn.Linear for some shapes), and a cell alone pays nothing for being a stack."""
 
     def __init__(self, models: list[nn.Module], batched: bool):
         super().__init__()
         self.cells = nn.ModuleList(models)
         self.batched = batched
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
         if not self.batched:
-            return torch.stack([model(xk) for model, xk in zip(self.cells, x)])
+            return [model(x) for model, x in zip(self.cells, xs)]
+        x = torch.stack(xs)
         for i, layer in enumerate(self.cells[0]):
             if isinstance(layer, nn.Linear):
                 weight = torch.stack([model[i].weight for model in self.cells])
@@ -223,7 +224,7 @@ class Stack(nn.Module):
                 x = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
             else:
                 x = layer(x)  # leakyReLU, elementwise
-        return x
+        return list(x.unbind(0))
 
 
 def batchable(models: list[nn.Module], cells: list[Cell]) -> bool:
@@ -234,12 +235,6 @@ def batchable(models: list[nn.Module], cells: list[Cell]) -> bool:
             type(a) is type(b) and isinstance(a, (nn.Linear, nn.LeakyReLU)) and
             (not isinstance(a, nn.Linear) or a.weight.shape == b.weight.shape) for a, b in zip(m, first))
         for m in models) and all(c.scenario.classes(t) is None for c in cells for t in range(c.scenario.tasks))
-
-
-def cell_losses(logits: Tensor, y: Tensor) -> Tensor:
-    """Each cell's mean cross-entropy over its own batch: [K, batch, classes], [K, batch] → [K]. Their sum is
-    what backward sees: its gradient with respect to a cell's weights is that cell's own loss's gradient."""
-    return torch.stack([F.cross_entropy(logits_k, y_k) for logits_k, y_k in zip(logits, y)])
 
 
 def run_cells(config: Config, cells: list[Cell], use_test_split: bool = True,
@@ -319,20 +314,21 @@ def train_task(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Opt
     device = data[0][0].device
     for epoch in range(config.training.epochs):
         orders = [torch.randperm(images, generator=t.shuffle).to(device) for t in trainees]
-        step_losses = torch.empty(len(trainees), len(sizes), device=device)
-        for step, start in enumerate(starts):
+        step_losses: list[list[Tensor]] = [[] for _ in trainees]  # per cell, each step's loss, on the device
+        for start in starts:
             idx = [order[start:start + batch] for order in orders]
-            x = torch.stack([x_k[i] for (x_k, _), i in zip(data, idx)])
-            y = torch.stack([y_k[i] for (_, y_k), i in zip(data, idx)])
-            step_losses[:, step] = train_step(stack, trainees, optimizer, x, y, buffers)
-        for t, (losses, penalties), row in zip(trainees, epochs, step_losses.tolist()):
+            losses = train_step(stack, trainees, optimizer, [x_k[i] for (x_k, _), i in zip(data, idx)],
+                                [y_k[i] for (_, y_k), i in zip(data, idx)], buffers)
+            for cell_losses, loss in zip(step_losses, losses):
+                cell_losses.append(loss)
+        for t, (epoch_losses, epoch_penalties), cell_losses in zip(trainees, epochs, step_losses):
             total = 0.0
-            for step, (loss, size) in enumerate(zip(row, sizes)):
+            for step, (loss, size) in enumerate(zip(torch.stack(cell_losses).tolist(), sizes)):
                 if not math.isfinite(loss) and t.failure is None:
                     t.failure = Diverged(task, epoch * len(sizes) + step, loss)
                 total += loss * size
-            losses.append(total / images)
-            penalties.append(t.penalty.value(t.params))
+            epoch_losses.append(total / images)
+            epoch_penalties.append(t.penalty.value(t.params))
         if all(t.failure is not None for t in trainees):
             break
     return epochs
@@ -360,12 +356,14 @@ class StepBuffers:
         )
 
 
-def train_step(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-               buffers: list[StepBuffers]) -> Tensor:
-    """One optimiser step of every cell on its task loss + penalty; returns the cells' task losses, detached."""
+def train_step(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Optimizer, xs: list[Tensor],
+               ys: list[Tensor], buffers: list[StepBuffers]) -> list[Tensor]:
+    """One optimiser step of every cell on its task loss + penalty, each on its own batch; returns the cells' task
+    losses, detached. The cells' mean losses are summed for one backward pass: the sum's gradient with respect to a
+    cell's weights is that cell's own loss's gradient."""
     optimizer.zero_grad()  # set to None: backward hands over fresh gradient buffers, as in a bare loop
-    losses = cell_losses(stack(x), y)
-    losses.sum().backward()
+    losses = [F.cross_entropy(logits, y) for logits, y in zip(stack(xs), ys)]
+    (losses[0] if len(losses) == 1 else torch.stack(losses).sum()).backward()
     for t, b in zip(trainees, buffers):
         if not t.observers:
             t.penalty.add_gradient(t.params)
@@ -385,7 +383,7 @@ def train_step(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Opt
         total_grads = [p.grad for p in t.params]
         for observer in t.observers:
             observer.observe_step(b.task_grads, total_grads, b.step_change)
-    return losses.detach()
+    return [loss.detach() for loss in losses]
 
 
 @torch.no_grad()

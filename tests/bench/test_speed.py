@@ -102,8 +102,7 @@ def training_steps(penalised: bool, observed: bool, x: torch.Tensor, y: torch.Te
     def block(steps: int) -> None:
         for i in range(steps):
             start = i * batch % len(x)
-            train_step(stack, [trainee], optimizer, x[None, start:start + batch], y[None, start:start + batch],
-                       buffers)
+            train_step(stack, [trainee], optimizer, [x[start:start + batch]], [y[start:start + batch]], buffers)
     return block
 
 
