@@ -129,11 +129,19 @@ class Store:
         """The experiment's id, the experiment created if need be. description: Markdown for the MLflow UI's note
         on the experiment (the `mlflow.note.content` tag), set if the experiment has none — never over a note a
         user has written."""
+        from mlflow.exceptions import MlflowException
+
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             location = f"{self.artifact_root}/{name}" if self.artifact_root else None
-            return self.client.create_experiment(name, artifact_location=location,
-                                                 tags={NOTE_TAG: description} if description else None)
+            try:
+                return self.client.create_experiment(name, artifact_location=location,
+                                                     tags={NOTE_TAG: description} if description else None)
+            except MlflowException:
+                # another process (a second sweep, a Ray worker) created it since we looked: use theirs
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
         if description and not experiment.tags.get(NOTE_TAG):  # an experiment made before notes were written
             self.client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, description)
         return experiment.experiment_id
