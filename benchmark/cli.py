@@ -198,23 +198,16 @@ def load_data(config: Config, args, device: str | None = None):
     splits}."""
     import torch
 
-    from benchmark.scenario import make_task_sequence
+    from benchmark.scenario import load_splits, make_task_sequence
 
     if device is None:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA device is available")
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    splits = read_splits(config, data_dir(args), not args.no_download, device)
+    splits = load_splits(config.data, data_dir(args), not args.no_download, device)
     if config.data.factory:
         make_task_sequence(config.data, splits, seed=0)  # checks what the factory returns, before anything is written
     return splits
-
-
-def read_splits(config: Config, data_dir: str, download: bool, device: str):
-    from benchmark.scenario import datasets_needed, load_dataset, make_splits
-
-    return {name: make_splits(config.data, load_dataset(data_dir, name, download=download), device)
-            for name in datasets_needed(config.data)}
 
 
 def ray_options(args) -> dict:

@@ -25,7 +25,7 @@ from benchmark.config import Config, parse_config
 from benchmark.errors import UsageError
 from benchmark.experiment import Sweep, experiment_name, run_group
 from benchmark.progress import Progress
-from benchmark.scenario import make_task_sequence
+from benchmark.scenario import load_splits, make_task_sequence
 from tracking import Store
 
 RETRIED = "Ray worker died; retried"
@@ -240,7 +240,6 @@ def worker_setup(job: dict) -> tuple[Config, dict]:
     import torch
 
     from benchmark import plugins
-    from benchmark.cli import read_splits
 
     for spec in job["plugins"]:
         plugins.load(spec, origin="loaded by the Ray head")
@@ -248,7 +247,7 @@ def worker_setup(job: dict) -> tuple[Config, dict]:
                           source="the Ray head's protocol")
     if job["device"] == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"no CUDA device on {platform.node()}")
-    return config, read_splits(config, job["data_dir"], job["download"], job["device"])
+    return config, load_splits(config.data, job["data_dir"], job["download"], job["device"])
 
 
 def train_group(job: dict) -> dict:

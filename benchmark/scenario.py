@@ -293,6 +293,12 @@ def datasets_needed(data: DataConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys(data.datasets)) if data.sequence == "sequence" else (data.dataset,)
 
 
+def load_splits(data: DataConfig, data_dir: str, download: bool, device: str | torch.device) -> dict[str, Splits]:
+    """Every dataset the protocol's task sequence reads, split as the protocol says: {dataset name: splits}."""
+    return {name: make_splits(data, load_dataset(data_dir, name, download=download), device)
+            for name in datasets_needed(data)}
+
+
 def make_task_sequence(data: DataConfig, splits: Mapping[str, Splits], seed: int) -> PermutedMNIST | ImageTasks:
     """The protocol's task sequence for this seed; splits: by dataset name, those datasets_needed names."""
     tasks = data.tasks

@@ -8,7 +8,7 @@ import torch
 from benchmark.cli import main
 from benchmark.config import load_config
 from benchmark.loop import Cell, Diverged, run_cells, run_sequence
-from benchmark.scenario import datasets_needed, load_dataset, make_splits, make_task_sequence
+from benchmark.scenario import load_splits, make_splits, make_task_sequence
 from tests.conftest import DATA_DIR
 
 
@@ -20,10 +20,6 @@ def protocol(name: str, epochs: int = 2):
 def make_cells(config, drivers_and_seeds, splits):
     return [Cell(driver, config.penalty.lambda_.get(driver.split("-")[-1], 0.0), seed,
                  make_task_sequence(config.data, splits, seed)) for driver, seed in drivers_and_seeds]
-
-
-def protocol_splits(config):
-    return {name: make_splits(config.data, load_dataset(DATA_DIR, name)) for name in datasets_needed(config.data)}
 
 
 def assert_same_result(together, alone, where):
@@ -46,7 +42,7 @@ def assert_same_result(together, alone, where):
 ])
 def test_stacked_cells_of_mixed_drivers_equal_each_cell_alone_bit_for_bit(name, cells):
     config = protocol(name, epochs=2 if name == "smoke" else 1)
-    splits = protocol_splits(config)
+    splits = load_splits(config.data, DATA_DIR, download=True, device="cpu")
     stacked = list(run_cells(config, make_cells(config, cells, splits)))
     assert len(stacked) == config.data.tasks
     for k, cell in enumerate(make_cells(config, cells, splits)):
