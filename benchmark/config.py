@@ -19,6 +19,8 @@ PROTOCOL_DIR = Path(__file__).parent / "protocols"
 PROTOCOLS = sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
 DATASETS = ("mnist", "fashion-mnist")  # whose pixels are permuted: both 60k + 10k grey 28×28 images, 10 classes
 PAPER_DRIVERS = ("none", "fis", "mas", "si", "sig")  # `run --drivers paper`, the default
+# `lambda-curve`'s default: the paper's four, and the controls that need a λ of their own to be compared fairly
+CURVE_DRIVERS = ("fis", "mas", "si", "sig", "uniform", "shuffled-mas", "layermean-mas")
 MNIST_TRAIN_IMAGES = 60000
 SEQUENCES = ("permuted", "rotated", "split", "sequence")  # data.sequence: the kinds of task sequence (scenario.py)
 MODEL_KINDS = ("mlp", "conv")  # model.kind (model.py)

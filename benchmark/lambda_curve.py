@@ -1,0 +1,186 @@
+"""λ-response curves: each driver's final accuracy as a function of λ, so that every driver — the controls
+included — is judged at its own best λ rather than at another estimator's.
+
+Two phases, both resumable (a cell finished with the same configuration is never trained again):
+
+    curve   every driver on a log-spaced grid of `points` λ values spanning `decades` decades around a centre
+            (its λ in the centres' protocol; a control without one takes its estimator's), on `seeds` curve seeds
+            from CURVE_FIRST_SEED; each cell's final *validation* ACC (mean over every task after the last, on the
+            validation split, which neither training nor the importances see).
+    test    once a driver's curve has every seed at every point: its best λ (the highest mean validation ACC over
+            the curve seeds) on `test_seeds` fresh seeds from 0 — the seeds `run` reports — judged on *test* ACC.
+
+Each curve point and each test cell is an ordinary sweep (`run_sweep`) with an explicit λ, so any one of them can
+be rerun alone with `python -m benchmark run --lambda DRIVER=VALUE --first-seed SEED --seeds 1`. The cells are
+recorded in their own experiment (`<experiment>-lambda-curve`), apart from `run`'s.
+
+Order: seed-major (every driver and λ at the first curve seed, then the second, …), and within a seed from the
+centre outwards, so an interrupted computation leaves a contiguous stretch of every curve around its centre, at
+fewer seeds, rather than part of it at many.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.config import Config
+from benchmark.lambdas import Lambda
+from benchmark.report.stats import mean_ci
+
+CURVE_FIRST_SEED = 20000  # disjoint from the seeds `run` reports (0 …) and `tune`'s (10000 …)
+CURVE_FILE, SUMMARY_FILE, BEST_FILE, FIGURE_FILE = "curve.csv", "curve_summary.csv", "best.csv", "lambda_response.png"
+
+
+def grid(center: float, points: int, decades: float) -> list[float]:
+    """`points` λ values, evenly spaced in log10, spanning `decades` decades with `center` in the middle; rounded
+    to 4 significant digits so that a value reads and hashes the same wherever it is written."""
+    exponents = np.linspace(-decades / 2, decades / 2, points)
+    return [float(f"{center * 10 ** e:.4g}") for e in exponents]
+
+
+def experiment_of(config: Config) -> str:
+    from benchmark.experiment import experiment_name
+
+    return f"{experiment_name(config)}-lambda-curve"
+
+
+def finished_cells(store, experiment: str) -> pd.DataFrame:
+    """Every finished cell of the curve's experiment: driver, lambda, seed, phase, val_ACC, ACC, BWT, run_id."""
+    rows = [{"driver": r.tags["driver"], "lambda": float(r.tags["lambda"]), "seed": int(r.tags["seed"]),
+             "val_ACC": r.metrics.get("val_ACC", math.nan), "ACC": r.metrics.get("ACC", math.nan),
+             "BWT": r.metrics.get("BWT", math.nan), "run_id": r.id}
+            for r in store.find_runs(experiment, kind="cell", status="FINISHED")]
+    cells = pd.DataFrame(rows, columns=["driver", "lambda", "seed", "val_ACC", "ACC", "BWT", "run_id"])
+    cells.insert(3, "phase", np.where(cells.seed >= CURVE_FIRST_SEED, "curve", "test"))
+    # a cell finished twice (a sweep rerun with --lambda of the same value) counts once: the newest
+    return cells.drop_duplicates(["driver", "lambda", "seed"]).sort_values(["driver", "lambda", "seed"])
+
+
+def summarise(cells: pd.DataFrame, grids: dict[str, list[float]], seeds: list[int]) -> pd.DataFrame:
+    """Per driver and grid point: validation ACC over the curve seeds, mean and 95% t-interval."""
+    rows = []
+    for driver, values in grids.items():
+        for k, lam in enumerate(values):
+            at = cells[(cells.phase == "curve") & (cells.driver == driver) & np.isclose(cells["lambda"], lam)
+                       & cells.seed.isin(seeds)]
+            est = mean_ci(at.val_ACC)
+            rows.append({"driver": driver, "point": k, "lambda": lam, "n": est.n, "val_ACC": est.mean,
+                         "low": est.low, "high": est.high})
+    return pd.DataFrame(rows)
+
+
+def best_lambdas(summary: pd.DataFrame, cells: pd.DataFrame, seeds: list[int]) -> pd.DataFrame:
+    """Per driver: the grid point of highest mean validation ACC, whether every point has every curve seed
+    (only then is it the best λ rather than the best so far), whether it lies at the grid's edge (the optimum
+    may be outside), and the test ACC of the fresh seeds at that λ."""
+    rows = []
+    for driver, curve in summary.groupby("driver", sort=False):
+        measured = curve[curve.n > 0]
+        if measured.empty:
+            continue
+        top = measured.loc[measured.val_ACC.idxmax()]
+        test = cells[(cells.phase == "test") & (cells.driver == driver) & np.isclose(cells["lambda"], top["lambda"])]
+        est = mean_ci(test.ACC)
+        rows.append({"driver": driver, "best_lambda": top["lambda"], "val_ACC": top.val_ACC, "val_low": top.low,
+                     "val_high": top.high, "curve_seeds": int(top.n),
+                     "complete": bool((curve.n == len(seeds)).all()),
+                     "at_edge": int(top.point) in (0, len(curve) - 1),
+                     "test_n": est.n, "test_ACC": est.mean, "test_low": est.low, "test_high": est.high})
+    return pd.DataFrame(rows)
+
+
+def plot(summary: pd.DataFrame, path: Path) -> None:
+    """Validation ACC against λ, one curve per driver, a 95% t-interval band where a point has ≥ 2 seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for driver, curve in summary[summary.n > 0].groupby("driver", sort=False):
+        (line,) = ax.plot(curve["lambda"], 100 * curve.val_ACC, marker="o", ms=3, label=driver)
+        banded = curve[curve.n >= 2]
+        ax.fill_between(banded["lambda"], 100 * banded.low, 100 * banded.high, color=line.get_color(), alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("λ")
+    ax.set_ylabel("final validation ACC %")
+    ax.set_title("λ-response, paper protocol (validation split)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_lambda_curve(store, config: Config, drivers: list[str], centers: dict[str, float], points: int,
+                     decades: float, seeds: list[int], test_seeds: list[int], splits, command: str, out: Path | None,
+                     parallel: int = 1) -> pd.DataFrame:
+    """Both phases, then the results folder (`out`, rewritten after every sweep so that a partial computation can
+    be published as it stands). Returns the best-λ table."""
+    from benchmark.experiment import run_sweep
+
+    experiment = experiment_of(config)
+    grids = {d: grid(centers[d], points, decades) for d in drivers}
+
+    def publish() -> pd.DataFrame:
+        cells = finished_cells(store, experiment)
+        summary = summarise(cells, grids, seeds)
+        best = best_lambdas(summary, cells, seeds)
+        if out is not None:
+            write_results(out, cells, summary, best, grids, seeds, test_seeds, command)
+        return best
+
+    centre_out = sorted(range(points), key=lambda k: abs(k - (points - 1) / 2))
+    for seed in seeds:
+        for k in centre_out:
+            lambdas = {d: Lambda(grids[d][k], "user") for d in drivers}
+            run_sweep(store, config, drivers, [seed], lambdas, splits, "none", command, parallel,
+                      experiment=experiment)
+            publish()
+    best = publish()
+    ready = best[best.complete]
+    for _, row in ready.iterrows():
+        run_sweep(store, config, [row.driver], test_seeds, {row.driver: Lambda(row.best_lambda, "user")}, splits,
+                  "final", command, parallel, experiment=experiment)
+    return publish()
+
+
+def write_results(out: Path, cells: pd.DataFrame, summary: pd.DataFrame, best: pd.DataFrame,
+                  grids: dict[str, list[float]], seeds: list[int], test_seeds: list[int], command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    cells.to_csv(out / CURVE_FILE, index=False, float_format="%.6g")
+    summary.to_csv(out / SUMMARY_FILE, index=False, float_format="%.6g")
+    best.to_csv(out / BEST_FILE, index=False, float_format="%.6g")
+    if (summary.n > 0).any():
+        plot(summary, out / FIGURE_FILE)
+    done = int((summary.n == len(seeds)).sum())
+    lines = [
+        "# λ-response curves",
+        "",
+        f"State: {int(summary.n.sum())} of {len(summary) * len(seeds)} curve cells finished ({done} of "
+        f"{len(summary)} grid points with all {len(seeds)} curve seeds); {int((cells.phase == 'test').sum())} of "
+        f"{len(best[best.complete]) * len(test_seeds) if len(best) else 0} test cells at a complete curve's best λ.",
+        "",
+        f"Regenerate (resumes where it stopped): `{command}`",
+        "",
+        f"Curve seeds {', '.join(map(str, seeds))} (validation split); test seeds {', '.join(map(str, test_seeds))} "
+        "(test split). Grids:",
+        "",
+        *[f"- {d}: {', '.join(f'{v:g}' for v in values)}" for d, values in grids.items()],
+        "",
+        "| driver | best λ | curve seeds | validation ACC % [95% t] | complete | at grid edge "
+        "| test ACC % [95% t] (n) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, r in best.iterrows():
+        val = f"{100 * r.val_ACC:.2f}" + (f" [{100 * r.val_low:.2f}, {100 * r.val_high:.2f}]"
+                                          if r.curve_seeds >= 2 else "")
+        test = f"{100 * r.test_ACC:.2f} [{100 * r.test_low:.2f}, {100 * r.test_high:.2f}] ({r.test_n})" \
+            if r.test_n >= 2 else "not yet run"
+        lines.append(f"| {r.driver} | {r.best_lambda:g} | {r.curve_seeds} | {val} | {'yes' if r.complete else 'no'} "
+                     f"| {'yes' if r.at_edge else 'no'} | {test} |")
+    lines += ["", f"Files: `{CURVE_FILE}` (one row a finished cell), `{SUMMARY_FILE}` (per driver and λ), "
+              f"`{BEST_FILE}`, `{FIGURE_FILE}`.", ""]
+    (out / "README.md").write_text("\n".join(lines))
