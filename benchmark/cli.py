@@ -10,7 +10,16 @@ import signal
 import sys
 
 from benchmark import plugins
-from benchmark.config import DATASETS, PAPER_DRIVERS, PROTOCOLS, Config, drivers, estimator_drivers, load_config
+from benchmark.config import (
+    CURVE_DRIVERS,
+    DATASETS,
+    PAPER_DRIVERS,
+    PROTOCOLS,
+    Config,
+    drivers,
+    estimator_drivers,
+    load_config,
+)
 from benchmark.errors import UsageError
 from benchmark.lambdas import MIN_TUNED_TRIALS, SOURCES
 
@@ -154,6 +163,25 @@ def make_parser() -> Parser:
                       help="seeds per trial, from 10000 on: never the seeds run reports (default 1)")
     tune.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler")
     tune.add_argument("--show", action="store_true", help="print the best λ of every study in the storage")
+
+    curve = commands.add_parser("lambda-curve", parents=[training, stores],
+                                help="final validation ACC over a λ grid per driver, then test ACC at each best λ")
+    curve.add_argument("--drivers", default=",".join(CURVE_DRIVERS),
+                       help=f"comma list of penalised drivers (default {','.join(CURVE_DRIVERS)})")
+    curve.add_argument("--centers", default="paper-tuned", metavar="PROTOCOL",
+                       help="shipped protocol whose λ centre each driver's grid (a control without one: its "
+                            "estimator's); --lambda overrides (default paper-tuned)")
+    curve.add_argument("--lambda", dest="lambdas", metavar="DRIVER=VALUE,…", help="grid centres of your own")
+    curve.add_argument("--points", type=int_at_least(2), default=7, help="λ values per driver (default 7)")
+    curve.add_argument("--decades", type=float_at_least(0.1), default=3.0,
+                       help="decades the grid spans, centred on the centre in log10 (default 3)")
+    curve.add_argument("--seeds", type=int_at_least(1), default=3, help="curve seeds per λ (default 3)")
+    curve.add_argument("--test-seeds", type=int_at_least(1), default=5,
+                       help="fresh seeds (0 …) run at each complete curve's best λ (default 5)")
+    curve.add_argument("--parallel", type=int_at_least(1), default=1, metavar="K",
+                       help="train up to K cells stacked, as run --parallel (default 1)")
+    curve.add_argument("--out", default="results/lambda-response",
+                       help="folder rewritten after every finished curve point (default results/lambda-response)")
 
     report = commands.add_parser("report", help="figures, tables and the paper's claims from a sweep's runs")
     report.add_argument("--experiment", action="append", metavar="NAME",
@@ -352,6 +380,43 @@ def print_study(study, storage_url: str) -> None:
     print(f"{study.study_name}: {best} after {len(study.trials)} trials in {redact(storage_url)}", file=sys.stderr)
 
 
+def command_lambda_curve(args) -> int:
+    from pathlib import Path
+
+    from benchmark.lambda_curve import CURVE_FIRST_SEED, run_lambda_curve
+    from estimators.controls import base_estimator
+
+    config = read_config(args)
+    chosen = [d for d in parse_drivers(args.drivers) if d != "none"]
+    if not chosen:
+        raise UsageError("lambda-curve: --drivers names no penalised driver")
+    if not config.data.validation_images:
+        raise UsageError(f"lambda-curve: protocol {config.protocol} has no validation split (data.validation_images "
+                         "= 0): its curve would be read on the test set")
+    if args.centers not in PROTOCOLS:
+        raise UsageError(f"--centers: unknown protocol {args.centers!r} (choose from {', '.join(PROTOCOLS)})")
+    centers = dict(load_config(protocol=args.centers).penalty.lambda_)
+    centers.update(parse_lambdas(args.lambdas) if args.lambdas else {})
+    for driver in chosen:
+        if driver not in centers and base_estimator(driver) in centers:
+            centers[driver] = centers[base_estimator(driver)]
+    missing = [d for d in chosen if not centers.get(d, 0) > 0]
+    if missing:
+        raise UsageError(f"lambda-curve: no λ > 0 to centre {missing[0]}'s grid on (give one: --lambda "
+                         f"{missing[0]}=VALUE)")
+    check_model(config)
+    splits = load_data(config, args)
+    store = open_store(args)
+    seeds = list(range(CURVE_FIRST_SEED, CURVE_FIRST_SEED + args.seeds))
+    best = run_lambda_curve(store, config, chosen, centers, args.points, args.decades, seeds,
+                            list(range(args.test_seeds)), splits, command_line(), Path(args.out), args.parallel)
+    for _, row in best.iterrows():
+        print(f"{row.driver}: best λ {row.best_lambda:g} (validation ACC {row.val_ACC:.4f}, {row.curve_seeds} "
+              f"seeds{'' if row.complete else ', curve incomplete'}{', at the grid edge' if row.at_edge else ''})",
+              file=sys.stderr)
+    return 0
+
+
 def command_report(args) -> int:
     from pathlib import Path
 
@@ -377,7 +442,7 @@ def command_report(args) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "tune": command_tune, "report": command_report}
+COMMANDS = {"run": command_run, "tune": command_tune, "lambda-curve": command_lambda_curve, "report": command_report}
 
 
 def main(argv: list[str] | None = None) -> int:

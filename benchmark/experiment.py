@@ -127,13 +127,15 @@ def run_here(groups: list[list[dict]], sweep: Sweep) -> dict[tuple[str, int], st
 
 def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int], lambdas: dict[str, Lambda],
               splits: dict[str, Splits], log_importances: str, command: str, parallel: int = 1,
-              executor: Executor = run_here, device: str | None = None) -> tuple[dict[tuple[str, int], str], list[str]]:
+              executor: Executor = run_here, device: str | None = None,
+              experiment: str | None = None) -> tuple[dict[tuple[str, int], str], list[str]]:
     """Run every (driver, seed) cell not already finished in the store with the same configuration; up to
     `parallel` cells at a time, whatever their drivers, are trained stacked (benchmark.loop.run_cells).
 
-    device: where the cells train (default: where the data lies). Returns each cell's status and the ids of the
-    finished runs that were reused instead of run again."""
-    experiment = experiment_name(config)
+    device: where the cells train (default: where the data lies); experiment: where they are recorded (default
+    the protocol's, experiment_name). Returns each cell's status and the ids of the finished runs that were reused
+    instead of run again."""
+    experiment = experiment or experiment_name(config)
     device = device or str(next(iter(splits.values())).train.x.device)
     cells = {}
     for driver in drivers:
