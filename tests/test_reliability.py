@@ -103,3 +103,13 @@ def test_unreachable_tracking_server_is_a_usage_error(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot open tracking store http://127.0.0.1:9" in err
     assert time.monotonic() - started < 60
+
+
+def test_creating_a_store_writes_nothing_to_stderr(tmp_path):
+    """MLflow announces a new store's tables at INFO ("Creating initial MLflow database tables..."): not our line."""
+    db = tmp_path / "new" / "mlflow.db"
+    done = subprocess.run([sys.executable, "-c", f"from tracking import Store; Store('sqlite:///{db}')"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert db.is_file()
+    assert done.stderr == ""

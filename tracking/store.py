@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -17,6 +18,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
 NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows (and edits) as an experiment's or a run's description
+# MLflow's and Alembic's INFO lines about creating or upgrading a store's tables: stderr carries the suite's lines
+# only (its warnings and errors still come through)
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
 
 
 class StoreError(Exception):
@@ -106,6 +110,8 @@ class Store:
         """must_exist: for readers, a local sqlite store that is not there is an error, not a new store."""
         from mlflow.tracking import MlflowClient
 
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = uri
         db = _sqlite_path(uri)
         if must_exist and db is not None and not db.is_file():
