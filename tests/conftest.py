@@ -7,6 +7,15 @@ import pytest
 DATA_DIR = os.environ.get("BENCHMARK_DATA_DIR", "data")
 
 
+def pytest_configure(config):
+    """BENCHMARK_TEST_MKLDNN=off runs the in-process tests with oneDNN's CPU kernels switched off: the suite must pass
+    both ways, since which kernel a CPU takes (and how exact it is in float32) is no property of this project."""
+    if os.environ.get("BENCHMARK_TEST_MKLDNN") == "off":
+        import torch
+
+        torch.backends.mkldnn.enabled = False
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """Real MNIST through torchvision: BENCHMARK_DATA_DIR (CI points it at ../shared/data), else ./data,

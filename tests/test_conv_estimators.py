@@ -1,6 +1,8 @@
 """Every estimator on the convolutional network (Conv2d, BatchNorm in eval mode, Linear) against a batch-1
 autograd loop or its definition, and the models the exact rules refuse."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -83,11 +85,15 @@ def test_sig_equals_its_definition_on_the_conv_net():
     (MemoryAwareSynapses(), mas_loop),
 ], ids=["fis", "mas"])
 def test_author_sized_conv_net_float32_within_1e5(estimator, reference):
+    """The truth is the batch-1 loop in float64 on the same weights and images: a float32 loop is no truth, its
+    error depends on the CPU's kernels (oneDNN's batch-1 conv backward was off by 2.4e-3 on an AVX2-only CPU)."""
     model = conv_net(ModelConfig(kind="conv"), dtype=torch.float32)  # 64-128-256 channels, as the author's
     x, y = images(6, dtype=torch.float32)
-    fast, slow = estimator.importance(model, x, y), reference(model, x, y)
-    for k in slow:
-        assert float((fast[k] - slow[k]).norm() / slow[k].norm()) <= 1e-5, k
+    fast = estimator.importance(model, x, y)
+    truth = reference(copy.deepcopy(model).double(), x.double(), y)
+    for k in truth:
+        assert fast[k].dtype == torch.float32
+        assert float((fast[k].double() - truth[k]).norm() / truth[k].norm()) <= 1e-5, k
 
 
 def test_batch_norm_in_training_mode_is_refused_by_name():
