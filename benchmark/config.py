@@ -14,6 +14,7 @@ from benchmark import plugins
 from benchmark.errors import UsageError
 from estimators import ESTIMATORS
 from estimators.controls import control_names
+from estimators.fis_batched import BATCHNORM_MODES
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 PROTOCOLS = sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
@@ -102,10 +103,16 @@ class EstimatorConfig:
     si_xi: float = 0.1
     si_gradient: str = "task"
     si_clip_at_zero: bool = False
+    si_clamp_max: float = 0.0  # SI's Ω_task bounded from above at this, as Avalanche (0.001); 0: no bound
     fis_batched_batch_size: int = 100  # the minibatch whose mean-loss gradient fis_batched squares
+    # "train": fis_batched with BatchNorm normalising by each minibatch's statistics, as PyCIL and FACIL
+    fis_batched_batchnorm: str = "eval"
     plugins: tuple[str, ...] = field(default=(), metadata=STRINGS)  # your own, "module:Class" (benchmark/plugins.py)
-    accumulation: str = "sum"  # across tasks: "sum" (the paper) or "online": Ω ← γ Ω + Ω_task (Schwarz et al. 2018)
+    # across tasks: "sum" (the paper), "online": Ω ← γ Ω + Ω_task (Schwarz et al. 2018), or "blend":
+    # Ω ← α Ω + (1 − α) Ω_task from Ω = 0 (FACIL's EWC and MAS, Avalanche's MAS)
+    accumulation: str = "sum"
     online_gamma: float = 0.9
+    blend_alpha: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -248,9 +255,13 @@ def _validate(c: Config, source: str) -> None:
     need(e.batch_size >= 1, "estimators.batch_size must be ≥ 1")
     need(e.si_xi > 0, "estimators.si_xi must be > 0")
     need(e.si_gradient in ("task", "total"), "estimators.si_gradient must be 'task' or 'total'")
+    need(e.si_clamp_max >= 0, "estimators.si_clamp_max must be > 0, or 0 for no bound")
     need(e.fis_batched_batch_size >= 1, "estimators.fis_batched_batch_size must be ≥ 1")
-    need(e.accumulation in ("sum", "online"), "estimators.accumulation must be 'sum' or 'online'")
+    need(e.fis_batched_batchnorm in BATCHNORM_MODES, "estimators.fis_batched_batchnorm must be 'eval' or 'train'")
+    need(e.accumulation in ("sum", "online", "blend"), "estimators.accumulation must be 'sum', 'online' or 'blend'")
     need(0 < e.online_gamma <= 1, "estimators.online_gamma must be in (0, 1]")
+    # α = 1 would keep Ω at its start, 0: no penalty ever
+    need(0 <= e.blend_alpha < 1, "estimators.blend_alpha must be in [0, 1)")
     need(0 < c.analysis.top_k_percent <= 100, "analysis.top_k_percent must be in (0, 100]")
 
 

@@ -8,8 +8,10 @@ other linearly). A constant vector has no correlation: NaN.
 Pairs: every pair of the paper's four estimators; the derived pairs the paper and Benzing (2022) discuss,
 fis vs mas² and √fis vs mas; and the pairs the further estimators exist for: the true Fisher against the
 empirical one and against its one-sample estimate, the minibatch shortcut against the empirical Fisher, MAS
-against the absolute Fisher (Benzing: MAS ≈ AF), SI against √SOS (Benzing: SI ≈ √SOS); and a plugin estimator
-(benchmark/plugins.py) against every other.
+against the absolute Fisher (Benzing: MAS ≈ AF), SI against √SOS (Benzing: SI ≈ √SOS); the libraries' variants
+against the exact estimators they stand in for: the arg-max-label Fisher (FACIL) against the true Fisher, whose
+expectation over labels it replaces by the most likely label, and against the empirical one, the p(y|x)-weighted
+Fisher (Mammoth) against both; and a plugin estimator (benchmark/plugins.py) against every other.
 """
 
 import math
@@ -26,7 +28,8 @@ PAPER_ESTIMATORS = ("fis", "mas", "si", "sig")
 # monotone on these non-negative importances, so ranks and top-k sets are those of the estimator itself
 DERIVED = {"mas^2": ("mas", np.square), "sqrt(fis)": ("fis", np.sqrt), "sqrt(sos)": ("sos", np.sqrt)}
 EXTRA_PAIRS = [("fis", "mas^2"), ("sqrt(fis)", "mas"), ("fis_exact", "fis"), ("fis_sampled", "fis_exact"),
-               ("fis_batched", "fis"), ("mas", "abs_fisher"), ("si", "sqrt(sos)")]
+               ("fis_batched", "fis"), ("mas", "abs_fisher"), ("si", "sqrt(sos)"), ("fis_maxpred", "fis_exact"),
+               ("fis_maxpred", "fis"), ("fis_pweighted", "fis"), ("fis_pweighted", "fis_exact")]
 
 
 def source(name: str) -> str:

@@ -72,7 +72,8 @@ ADDED_LATER = {
     ("data", "max_angle"): 180.0, ("data", "datasets"): [], ("data", "rotations"): [], ("model", "kind"): "mlp",
     ("model", "channels"): [64, 128, 256], ("model", "kernels"): [5, 3, 3], ("model", "pools"): [2, 1, 1],
     ("model", "batch_norm"): True, ("estimators", "plugins"): [], ("model", "factory"): "", ("data", "factory"): "",
-    ("data", "permutation_seed"): -1,
+    ("data", "permutation_seed"): -1, ("estimators", "si_clamp_max"): 0.0,
+    ("estimators", "fis_batched_batchnorm"): "eval", ("estimators", "blend_alpha"): 0.5,
 }
 
 

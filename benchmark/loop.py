@@ -103,13 +103,16 @@ def make_estimators(config: Config, seed: int = 0, driver: str = "none") -> dict
     options = {
         "fis": {"batch_size": e.batch_size},
         "mas": {"batch_size": e.batch_size},
-        "si": {"xi": e.si_xi, "gradient": e.si_gradient, "clip_at_zero": e.si_clip_at_zero},
+        "si": {"xi": e.si_xi, "gradient": e.si_gradient, "clip_at_zero": e.si_clip_at_zero,
+               "clamp_max": e.si_clamp_max or None},  # 0: no bound
         "sig": {"batch_size": e.batch_size},
         "fis_exact": {"batch_size": e.batch_size},
         "fis_sampled": {"seed": seed, "batch_size": e.batch_size},
-        "fis_batched": {"batch_size": e.fis_batched_batch_size},
+        "fis_batched": {"batch_size": e.fis_batched_batch_size, "batchnorm": e.fis_batched_batchnorm},
         "abs_fisher": {"batch_size": e.batch_size},
         "sos": {},
+        "fis_maxpred": {"batch_size": e.batch_size},
+        "fis_pweighted": {"batch_size": e.batch_size},
     }
     needed = {driver, base_estimator(driver)}
     return {name: cls(**options.get(name, {})) for name, cls in plugins.estimators().items()
@@ -127,10 +130,15 @@ def task_importances(estimators: dict[str, Estimator], control: Control | None, 
 
 
 def accumulate(accumulated: Importances, increments: Importances, config: Config) -> Importances:
-    """Each estimator's importance over the tasks so far: the sum (the paper's author), or with
-    accumulation = "online" the decayed sum γ Ω + Ω_task of online EWC (Schwarz et al. 2018)."""
-    gamma = config.estimators.online_gamma if config.estimators.accumulation == "online" else 1.0
-    return {est: values if est not in accumulated else {k: gamma * accumulated[est][k] + v for k, v in values.items()}
+    """Each estimator's importance over the tasks so far, Ω ← decay · Ω + share · Ω_task from Ω = 0: the sum (the
+    paper's author); with accumulation = "online" the decayed sum γ Ω + Ω_task of online EWC (Schwarz et al. 2018);
+    with "blend" α Ω + (1 − α) Ω_task, as FACIL's EWC and MAS and Avalanche's MAS merge importances (starting from
+    zeros, so the first task enters as (1 − α) Ω_task) — (1 − α) times "online" with γ = α."""
+    e = config.estimators
+    decay, share = {"sum": (1.0, 1.0), "online": (e.online_gamma, 1.0),
+                    "blend": (e.blend_alpha, 1.0 - e.blend_alpha)}[e.accumulation]
+    return {est: {k: share * v if est not in accumulated else decay * accumulated[est][k] + share * v
+                  for k, v in values.items()}
             for est, values in increments.items()}
 
 

@@ -12,6 +12,13 @@ fis_sampled  true Fisher from one label per sample drawn from the model
 fis_batched  squared gradient of a minibatch's mean loss (the shortcut many libraries call "Fisher")
 abs_fisher   absolute Fisher, E_y |∂ log p(y|x)/∂θ| (Benzing 2022: MAS approximates it)
 sos          mean of the squared minibatch gradients during training (Benzing 2022: SI ≈ √SOS)
+
+What libraries compute instead (each file cites the library's code it follows):
+fis_batched    (above) Avalanche's, PyCIL's and FACIL's EWC; option batchnorm = "train" as PyCIL and FACIL
+fis_maxpred    squared per-sample gradient for the model's arg-max label (FACIL's default labels)
+fis_pweighted  the empirical Fisher with each sample weighted by p(y_true|x) (Mammoth's online EWC)
+si             option clamp_max: Ω bounded from above (Avalanche's SI)
+Accumulating over tasks (the experiment's, benchmark/loop.py): "blend", α Ω + (1 − α) Ω_task (FACIL, Avalanche MAS)
 """
 
 from estimators.abs_fisher import AbsoluteFisher
@@ -19,6 +26,8 @@ from estimators.base import Estimator
 from estimators.fis import EmpiricalFisher
 from estimators.fis_batched import BatchedFisher
 from estimators.fis_exact import TrueFisher
+from estimators.fis_maxpred import MaxPredictionFisher
+from estimators.fis_pweighted import ProbabilityWeightedFisher
 from estimators.fis_sampled import SampledFisher
 from estimators.mas import MemoryAwareSynapses
 from estimators.si import SynapticIntelligence
@@ -35,7 +44,10 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "fis_batched": BatchedFisher,
     "abs_fisher": AbsoluteFisher,
     "sos": RunningSquaredGradients,
+    "fis_maxpred": MaxPredictionFisher,
+    "fis_pweighted": ProbabilityWeightedFisher,
 }
 
-__all__ = ["ESTIMATORS", "Estimator", "AbsoluteFisher", "BatchedFisher", "EmpiricalFisher", "MemoryAwareSynapses",
-           "RunningSquaredGradients", "SampledFisher", "SignalImportance", "SynapticIntelligence", "TrueFisher"]
+__all__ = ["ESTIMATORS", "Estimator", "AbsoluteFisher", "BatchedFisher", "EmpiricalFisher", "MaxPredictionFisher",
+           "MemoryAwareSynapses", "ProbabilityWeightedFisher", "RunningSquaredGradients", "SampledFisher",
+           "SignalImportance", "SynapticIntelligence", "TrueFisher"]

@@ -10,8 +10,8 @@ layermean-<est>  each tensor of <est>'s Ω_task replaced by its mean: the per-te
                  inside a tensor gone
 
 A control of <est> transforms <est>'s own importance of the task, which the experiment computes anyway. Both
-transforms are linear and the same for every task, so accumulating the transformed increments over tasks (sum or
-online) equals transforming <est>'s accumulated importance; and both keep each tensor's sum, so the same λ is a
+transforms are linear and the same for every task, so accumulating the transformed increments over tasks (sum,
+online or blend) equals transforming <est>'s accumulated importance; and both keep each tensor's sum, so the same λ is a
 fair comparison with <est>'s.
 """
 

@@ -9,6 +9,16 @@ g is the gradient of the task loss without the penalty (Zenke's definition; grad
 gradient of the penalised loss instead). Δθ_step is the change the optimiser actually made (Adam's, not
 −lr·g): θ after the step minus a copy of θ taken before it. Zenke et al. clip Ω at 0 for permuted MNIST; here that
 is the clip_at_zero option, off by default so the raw path integral is what gets correlated.
+
+clamp_max bounds Ω from above, as Avalanche does (ContinualAI/avalanche, avalanche/training/plugins/
+synaptic_intelligence.py, commit cc2205f): after each experience, update_ewc_data adds this task's
+−Σ_steps g·Δθ_step / (Δ² + eps) to a running sum over tasks and sets the importance to min(sum, clip_to), with
+clip_to = 0.001 (passed by after_training_exp) and no bound from below. Avalanche bounds the sum over tasks (kept
+unbounded, bounded afresh after every task); here the bound applies to each task's own Ω, the estimator's
+importance (accumulating it is the experiment's): the same after the first task, in general not after later ones
+(min(Σ_t Ω_t, c) against Σ_t min(Ω_t, c)). Avalanche's other choices are options here: its g is p.grad after
+backward() of the loss with the SI penalty added (gradient="total"), its damping eps = 1e-7 (xi); it leaves
+BatchNorm parameters out of SI altogether, which this estimator does not. None: no bound (the default).
 """
 
 import torch
@@ -21,12 +31,14 @@ class SynapticIntelligence(Estimator):
     name = "si"
     observes_steps = True
 
-    def __init__(self, xi: float = 0.1, gradient: str = "task", clip_at_zero: bool = False):
+    def __init__(self, xi: float = 0.1, gradient: str = "task", clip_at_zero: bool = False,
+                 clamp_max: float | None = None):
         if gradient not in ("task", "total"):
             raise ValueError(f"SI gradient must be 'task' or 'total', not {gradient!r}")
         self.xi = xi
         self.gradient = gradient
         self.clip_at_zero = clip_at_zero
+        self.clamp_max = clamp_max
         self.start: dict[str, Tensor] = {}
         self.omega: list[Tensor] = []
 
@@ -44,5 +56,9 @@ class SynapticIntelligence(Estimator):
         for (name, p), omega in zip(model.named_parameters(), self.omega):
             total_change = p.detach() - self.start[name]
             value = omega / (total_change.square() + self.xi)
-            result[name] = value.clamp(min=0) if self.clip_at_zero else value
+            if self.clip_at_zero:
+                value = value.clamp(min=0)
+            if self.clamp_max is not None:
+                value = value.clamp(max=self.clamp_max)
+            result[name] = value
         return result

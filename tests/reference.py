@@ -161,3 +161,55 @@ def conv_net_signal_loop(model: nn.Sequential, x) -> dict[str, torch.Tensor]:
                                                               else mean_input)
         result[f"{name}.bias"] = signals[name] / counts[name][1]
     return result
+
+
+def max_prediction_fisher_loop(model: nn.Module, x, y) -> dict[str, torch.Tensor]:
+    """mean_n (∂ log p(ŷ_n|x_n) / ∂θ)², ŷ_n the class of the sample's largest logit, found in its own forward pass."""
+    return per_sample_loop(model, x, y, lambda out, _t: F.log_softmax(out, 1)[0, int(out[0].argmax())], torch.square)
+
+
+def probability_weighted_fisher_loop(model: nn.Module, x, y) -> dict[str, torch.Tensor]:
+    """mean_n p(y_n|x_n) (∂ log p(y_n|x_n) / ∂θ)², one autograd call per sample, the weight a plain number."""
+    params = dict(model.named_parameters())
+    sums = {k: torch.zeros_like(p) for k, p in params.items()}
+    for n in range(len(x)):
+        log_p = F.log_softmax(model(x[n:n + 1]), 1)[0, y[n]]
+        weight = float(log_p.detach().exp())
+        for k, g in zip(params, torch.autograd.grad(log_p, list(params.values()))):
+            sums[k] += weight * g.square()
+    return {k: v / len(x) for k, v in sums.items()}
+
+
+def batch_statistics_forward(model: nn.Sequential, x) -> torch.Tensor:
+    """The Sequential's output with every BatchNorm2d written out as normalisation by the batch's own statistics:
+    (h − mean) / √(biased variance + ε) over samples and positions, then γ·ĥ + β; the other layers as they are."""
+    h = x
+    for m in model:
+        if isinstance(m, nn.BatchNorm2d):
+            mean = h.mean((0, 2, 3), keepdim=True)
+            variance = (h - mean).square().mean((0, 2, 3), keepdim=True)
+            h = (h - mean) / (variance + m.eps).sqrt() * m.weight[:, None, None] + m.bias[:, None, None]
+        else:
+            h = m(h)
+    return h
+
+
+def batch_statistics_batched_fisher_loop(model: nn.Sequential, x, y, batch_size: int) -> dict[str, torch.Tensor]:
+    """mean over consecutive minibatches of (mean of the minibatch's gradients of −log p(y_n|x_n))², the network
+    normalising by each minibatch's statistics (batch_statistics_forward): one autograd call per sample of the
+    minibatch's forward pass, since with batch statistics a sample's loss depends on the others' inputs."""
+    params = dict(model.named_parameters())
+    sums = {k: torch.zeros_like(p) for k, p in params.items()}
+    batches = 0
+    for start in range(0, len(x), batch_size):
+        stop = min(start + batch_size, len(x))
+        log_p = F.log_softmax(batch_statistics_forward(model, x[start:stop]), 1)
+        mean_grad = {k: torch.zeros_like(p) for k, p in params.items()}
+        for i, n in enumerate(range(start, stop)):
+            grads = torch.autograd.grad(-log_p[i, y[n]], list(params.values()), retain_graph=True)
+            for k, g in zip(params, grads):
+                mean_grad[k] += g / (stop - start)
+        for k in params:
+            sums[k] += mean_grad[k].square()
+        batches += 1
+    return {k: v / batches for k, v in sums.items()}

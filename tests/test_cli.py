@@ -61,6 +61,6 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "benchmark: error: unknown driver 'ewc' (choose from paper, all, none, fis, mas, si, sig, fis_exact, "
-        "fis_sampled, fis_batched, abs_fisher, sos, or a control: uniform, shuffled-<estimator>, "
-        "layermean-<estimator>)"]
+        "fis_sampled, fis_batched, abs_fisher, sos, fis_maxpred, fis_pweighted, or a control: uniform, "
+        "shuffled-<estimator>, layermean-<estimator>)"]
     assert not (tmp_path / "mlflow.db").exists()
