@@ -1,6 +1,6 @@
-"""What README's "look at the runs" tells a new user, checked in MLflow's own UI (the version installed, which
-pyproject pins to 3.x) in headless Chromium: the experiment's description is shown, the Model training view lists
-the sweep, and grouping by the `driver` tag gathers the cells. Skipped without Chromium."""
+"""What "Looking at the runs in MLflow" (docs/running.md) tells a new user, checked in MLflow's own UI (the version
+installed, which pyproject pins to 3.x) in headless Chromium: the experiment's description is shown, the Model
+training view lists the sweep, and grouping by the `driver` tag gathers the cells. Skipped without Chromium."""
 
 import shutil
 import socket
