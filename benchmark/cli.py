@@ -199,6 +199,20 @@ def make_parser() -> Parser:
                         help="PNG figures only, at 72 dpi, correlations_summary.csv gzipped to 6 digits: how results/ "
                              "publishes a report within 5 MB")
     report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (as for run)")
+    report.add_argument("--allow-dirty", action="store_true",
+                        help="write under results/ although the code or the runs have uncommitted changes (the "
+                             "report says so)")
+
+    verify = commands.add_parser("verify", help="rerun cells of a published results folder here and judge them "
+                                 "against its cells.csv")
+    verify.add_argument("folder", help="a report folder with cells.csv, e.g. results/smoke-verify")
+    verify.add_argument("--cells", default="2", metavar="K | DRIVER:SEED,…",
+                        help="how many cells to rerun (the first seed of each driver first; default 2), or which")
+    verify.add_argument("--tracking-uri", default=None,
+                        help="record the reruns in this MLflow store (default: a throwaway one)")
+    verify.add_argument("--data-dir", default=None,
+                        help=f"folder holding MNIST/raw, FashionMNIST/raw (default ${DATA_DIR_ENV} or ./data)")
+    verify.add_argument("--no-download", action="store_true", help="never try to download the dataset")
     return parser
 
 
@@ -420,9 +434,14 @@ def command_lambda_curve(args) -> int:
 def command_report(args) -> int:
     from pathlib import Path
 
+    from benchmark.environment import git_dirty, inside_results
     from benchmark.report import build_report
     from benchmark.report.collect import latest_sweep
 
+    for_results = inside_results(args.out)
+    if for_results and not args.allow_dirty and git_dirty() == "True":
+        raise UsageError(f"--out {args.out}: results/ publishes runs of committed code, and the working tree has "
+                         "uncommitted changes (git status); commit them, or pass --allow-dirty")
     store = open_store(args, must_exist=True)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
     sweeps = args.sweep
@@ -437,12 +456,22 @@ def command_report(args) -> int:
                   "NAME or --sweep RUN_ID", file=sys.stderr)
             sweeps.append(latest.id)
     index = build_report(store, Path(args.out), sweep_ids=sweeps, run_ids=runs, param=args.param, kind=args.kind,
-                         command=command_line(), compact=args.compact)
+                         command=command_line(), compact=args.compact,
+                         for_results=for_results, allow_dirty=args.allow_dirty)
     print(f"report written to {index}", file=sys.stderr)
     return 0
 
 
-COMMANDS = {"run": command_run, "tune": command_tune, "lambda-curve": command_lambda_curve, "report": command_report}
+def command_verify(args) -> int:
+    from pathlib import Path
+
+    from benchmark.verify import verify
+
+    return verify(Path(args.folder), args.cells, args.tracking_uri, data_dir(args), not args.no_download)
+
+
+COMMANDS = {"run": command_run, "tune": command_tune, "lambda-curve": command_lambda_curve, "report": command_report,
+            "verify": command_verify}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,12 +5,10 @@ in the layout other tools read (see README, "Artifacts").
 import hashlib
 import json
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +17,7 @@ import torch
 from benchmark import __version__, plugins
 from benchmark.config import Config
 from benchmark.correlations import COLUMNS, correlation_rows
+from benchmark.environment import fingerprint
 from benchmark.experiment_notes import sweep_experiment_description
 from benchmark.lambdas import Lambda
 from benchmark.loop import Cell, Diverged, EstimatorFailed, TaskResult, run_cells
@@ -35,15 +34,6 @@ def experiment_name(config: Config) -> str:
     if d.sequence == "sequence":
         return f"sequence-{config.protocol}"  # sequence-conv: the datasets are the protocol's
     return f"{d.sequence}-{d.dataset}-{config.protocol}"  # rotated-mnist-rotated-quick, split-mnist-split-quick
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -75,16 +65,6 @@ ADDED_LATER = {
     ("data", "permutation_seed"): -1, ("estimators", "si_clamp_max"): 0.0,
     ("estimators", "fis_batched_batchnorm"): "eval", ("estimators", "blend_alpha"): 0.5,
 }
-
-
-def device_tags(device: torch.device) -> dict[str, str]:
-    """What a cell's numbers depend on besides its config: the device and, on a GPU, CUDA, cuDNN and TF32."""
-    if device.type != "cuda":
-        return {"device_name": platform.processor() or platform.machine()}
-    return {"device_name": torch.cuda.get_device_name(device), "cuda_version": str(torch.version.cuda),
-            "cudnn_version": str(torch.backends.cudnn.version()),
-            "tf32_matmul": str(torch.backends.cuda.matmul.allow_tf32),
-            "tf32_cudnn": str(torch.backends.cudnn.allow_tf32)}
 
 
 def config_hash(resolved: dict) -> str:
@@ -153,8 +133,8 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
     parent = store.start_run(experiment, f"{config.protocol}-sweep", tags={
         "kind": "sweep", "protocol": config.protocol, "drivers": ",".join(drivers),
         "seeds": ",".join(map(str, seeds)), "command": command, "package_version": __version__,
-        "git_commit": git_commit(), "machine": f"{platform.node()} {platform.machine()}",
-        "torch_version": torch.__version__, "reused_cells": ",".join(reused.values()),
+        "machine": f"{platform.node()} {platform.machine()}", **fingerprint(torch.device(device)),
+        "reused_cells": ",".join(reused.values()),
     }, experiment_description=sweep_experiment_description(config))
     parent.log_json(config.to_dict(), "config.json")
     statuses = {cell: "FINISHED" for cell in reused}
@@ -193,7 +173,7 @@ class CellRecord:
         self.run = store.start_run(experiment, f"{driver}-seed{seed}", parent=parent, tags={
             "kind": "cell", "driver": driver, "seed": seed, "protocol": config.protocol, "lambda": resolved["lambda"],
             "lambda_source": resolved["lambda_source"], "package_version": __version__,
-            "config_hash": config_hash(resolved), "stacked": stacked, **device_tags(scenario.device),
+            "config_hash": config_hash(resolved), "stacked": stacked, **fingerprint(scenario.device),
             **({"lambda_study": resolved["lambda_study"]} if resolved["lambda_study"] else {}),
         })
         self.tasks_done, self.global_epoch = 0, 0

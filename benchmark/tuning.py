@@ -26,8 +26,9 @@ import numpy as np
 import optuna
 
 from benchmark.config import Config
+from benchmark.environment import fingerprint
 from benchmark.errors import UsageError
-from benchmark.experiment import device_tags, experiment_name
+from benchmark.experiment import experiment_name
 from benchmark.experiment_notes import tuning_experiment_description
 from benchmark.loop import Diverged, EstimatorFailed, run_sequence
 from benchmark.metrics import average_accuracy
@@ -156,19 +157,20 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
         pruner=MedianOfCurrentValuesPruner(n_startup_trials=3, n_warmup_steps=config.data.tasks // 2),
     )
     experiment = f"{experiment_name(config)}-tuning"
+    scenarios = [make_task_sequence(config.data, splits, seed) for seed in seeds]
     versions = {"optuna_version": optuna.__version__}  # Optuna 5 changed TPE's defaults: same seed, other trials
+    environment = fingerprint(scenarios[0].device)
     parent = store.start_run(experiment, f"tune-{driver}", tags={
         "kind": "tune", "driver": driver, "protocol": config.protocol, "study": name,
         "storage": redact(storage_url), "trials_requested": trials, "seeds": ",".join(map(str, seeds)),
-        "command": command, **versions}, experiment_description=tuning_experiment_description(config))
+        "command": command, **versions, **environment}, experiment_description=tuning_experiment_description(config))
     parent.log_json(config.to_dict(), "config.json")
-    scenarios = [make_task_sequence(config.data, splits, seed) for seed in seeds]
 
     def objective(trial: optuna.Trial) -> float:
         lam = trial.suggest_float("lambda", *LAMBDA_RANGE, log=True)
         run = store.start_run(experiment, f"{driver}-trial{trial.number}", parent=parent, tags={
             "kind": "trial", "driver": driver, "protocol": config.protocol, "study": name,
-            "trial": trial.number, "lambda": lam, **versions, **device_tags(scenarios[0].device)})
+            "trial": trial.number, "lambda": lam, **versions, **environment})
         run.log_params({"lambda": lam, "trial": trial.number, "seeds": ",".join(map(str, seeds))})
         try:
             value = _evaluate(config, driver, lam, seeds, scenarios, trial, run)

@@ -15,7 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark import __version__
+from benchmark.environment import CELLS_FILE, REPO_ROOT, git_commit, git_dirty
+from benchmark.errors import UsageError
 from benchmark.report import figures
+from benchmark.report.cells import cells_table, regenerating_commands
 from benchmark.report.collect import Sweep, load_sweep
 from benchmark.report.render import Figures, Lines, Section, Table, Text, render
 from benchmark.report.stats import (
@@ -46,11 +49,19 @@ AUTHOR_ACC = "author's ACC % (20 runs, mean ± sd)"
 
 
 def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, run_ids: list[str] | None = None,
-                 param: str = "weight", kind: str = "accumulated", command: str = "", compact: bool = False) -> Path:
+                 param: str = "weight", kind: str = "accumulated", command: str = "", compact: bool = False,
+                 for_results: bool = False, allow_dirty: bool = False) -> Path:
     """The report on the given sweeps (parent runs) or cell runs, written to `out`; returns its index.html.
     compact: PNG figures alone at a lower resolution and correlations_summary.csv gzipped, its numbers to 6
-    significant digits (results/: a folder within 5 MB)."""
+    significant digits (results/: a folder within 5 MB). for_results: `out` is in the repository's results/, which
+    publishes runs of committed code only — runs recorded with a dirty tree are refused unless allow_dirty (said at
+    the top of the report)."""
     sweep = load_sweep(store, sweep_ids, run_ids)
+    dirty = int((sweep.cells.git_dirty == "True").sum())
+    if for_results and dirty and not allow_dirty:
+        raise UsageError(f"{dirty} of the {len(sweep.cells)} runs were made from a working tree with uncommitted "
+                         "changes (tag git_dirty): results/ publishes runs of committed code; rerun them on a clean "
+                         "tree, or pass --allow-dirty")
     out.mkdir(parents=True, exist_ok=True)
     protocols = sorted(set(sweep.cells.protocol))
     protocol = protocols[0] if len(protocols) == 1 else "mixed"
@@ -99,6 +110,8 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
     summary_file = "correlations_summary.csv" + (".gz" if compact else "")  # pandas reads either
     data_files = ["forgetting.csv", "claims.csv", summary_file]
     summary.to_csv(out / summary_file, index=False, float_format="%.6g" if compact else None)
+    cells_table(sweep).to_csv(out / CELLS_FILE, index=False)
+    data_files.append(CELLS_FILE)
     forgetting.astype(str).to_csv(out / "forgetting.csv", index=False)
     claims.to_csv(out / "claims.csv", index=False)
     for method, table in beyond.items():
@@ -132,6 +145,9 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
                                             for row in table.itertuples(index=False)])]))
     sections.append(Section("About this report", "about", [Table(["", ""], about(sweep, store, protocol, command))]))
 
+    report_options = (" --compact" if compact else "") + (f" --param {param}" if param != "weight" else "") + \
+        (f" --kind {kind}" if kind != "accumulated" else "")
+    sections = [regenerate_section(sweep, out, report_options, allow_dirty), *sections]
     (out / "README.md").write_text(render("report.md.jinja", TITLE, sections, data_files))
     (out / "index.html").write_text(render("report.html.jinja", TITLE, sections, data_files))
     for parent in sweep.parents[:1]:
@@ -304,6 +320,46 @@ def claims_section(verdicts: dict[str, list[ClaimResult]], param: str, kind: str
     ])
 
 
+def shown_path(path: Path) -> Path:
+    """A folder as a command should name it: relative to the repository root if inside it."""
+    resolved = path.resolve()
+    return resolved.relative_to(REPO_ROOT) if resolved.is_relative_to(REPO_ROOT) else path
+
+
+def regenerate_section(sweep: Sweep, out: Path, report_options: str, allow_dirty: bool) -> Section:
+    """The report's first lines: the commit its runs were made at, the commands that remake it with every λ
+    pinned, how to rerun a few of its cells here (verify), and whether the code was dirty."""
+    cells = sweep.cells
+    commits = sorted(set(cells.git_commit) - {"", "unknown"})
+    at = (f"Runs made at commit {commits[0]}. At that commit (git checkout {commits[0][:12]})" if len(commits) == 1
+          else f"Runs made at commits {', '.join(commits)}. At one of them" if commits else
+          "Runs made at a commit they did not record. At that commit")
+    folder = shown_path(out)
+    experiments = {p.tags.get("protocol"): p.experiment for p in sweep.parents}
+    commands, notes = regenerating_commands(cells, sweep.drivers, experiments, folder, report_options)
+    dirty = int((cells.git_dirty == "True").sum())
+    warnings = ([f"{dirty} of the {len(cells)} runs were made from a working tree with uncommitted changes (the "
+                 "commit alone does not hold their code)"] if dirty else []) + \
+        (["written with --allow-dirty"] if allow_dirty else [])
+    return Section("Regenerate", "regenerate", [
+        Text(f"{at}, with MNIST under $BENCHMARK_DATA_DIR, these commands remake this folder, every λ pinned:"),
+        Lines(commands + [f"(note) {note}" for note in notes]),
+        Text(f"Rerun two of its cells here and judge them against {CELLS_FILE} (bit-identical where the environment "
+             f"fingerprint is the same, else inside the published seeds' prediction interval): python -m benchmark "
+             f"verify {folder}"),
+        *([Lines(warnings)] if warnings else []),
+    ])
+
+
+def environments(cells: pd.DataFrame) -> str:
+    """Each environment the cells ran in (CPU, ISA, threads, library versions, device; cells.csv has them per
+    cell), with how many cells."""
+    described = cells.apply(lambda c: (f"{c.cpu}, {c.isa}, {c.threads} threads, torch {c.torch}, MKL {c.mkl}, oneDNN "
+                                       f"{c.onednn}, {c.device_name} (fingerprint {c.fingerprint})")
+                            if c.fingerprint else "not recorded", axis=1)
+    return "; ".join(f"{what}: {n} cell{'s' if n != 1 else ''}" for what, n in described.value_counts().items())
+
+
 def about(sweep: Sweep, store: Store, protocol: str, command: str) -> list[list[str]]:
     parent_tags = [p.tags for p in sweep.parents]
     seeds = sorted(set(sweep.cells.seed))
@@ -320,11 +376,14 @@ def about(sweep: Sweep, store: Store, protocol: str, command: str) -> list[list[
         ["sweeps (MLflow parent runs)", ", ".join(p.id for p in sweep.parents) or "none"],
         ["sweep started", ", ".join(s.strftime("%Y-%m-%d %H:%M UTC") for s in started) or "?"],
         ["package version (runs)", from_parents("package_version")],
-        ["git commit (runs)", from_parents("git_commit")],
+        ["git commit (runs)", ", ".join(f"{commit or 'not recorded'}{' (dirty tree)' if dirty == 'True' else ''}"
+                                        for commit, dirty in sorted(set(zip(sweep.cells.git_commit,
+                                                                            sweep.cells.git_dirty))))],
         ["machine (runs)", from_parents("machine")],
-        ["torch (runs)", from_parents("torch_version")],
+        ["environment (runs)", environments(sweep.cells)],
         ["report made", f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} on "
-                        f"{platform.node()}, package {__version__}"],
+                        f"{platform.node()}, package {__version__}, commit {git_commit()}"
+                        f"{' (dirty tree)' if git_dirty() == 'True' else ''}"],
         ["store", store.uri],
         ["command", command],
     ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.environment import FINGERPRINT_KEYS
 from benchmark.errors import UsageError
 from tracking import RunRecord, Store, StoreError
 
@@ -16,7 +17,9 @@ from tracking import RunRecord, Store, StoreError
 class Sweep:
     experiment: str
     parents: list[RunRecord]
-    cells: pd.DataFrame  # one row per finished cell: run_id, driver, seed, lambda, lambda_source, protocol
+    # one row per finished cell: run_id, driver, seed, lambda, lambda_source, protocol, dataset, device, val_ACC, the
+    # environment fingerprint's tags (benchmark.environment; "" where a run predates them), its config
+    cells: pd.DataFrame
     accuracy: dict[str, np.ndarray]  # run_id -> test accuracy matrix R [tasks, tasks]
     correlations: pd.DataFrame  # correlations.csv of every cell, with run_id, driver, seed columns
     missing: list[str] = field(default_factory=list)  # expected (driver, seed) cells without a finished run
@@ -84,7 +87,9 @@ def load_sweep(store: Store, sweep_ids: list[str] | None, run_ids: list[str] | N
             correlations.append(table)
             rows.append({"run_id": c.id, "driver": config["driver"], "seed": config["seed"],
                          "lambda": config["lambda"], "lambda_source": config["lambda_source"],
-                         "protocol": config["protocol"], "config": config})
+                         "protocol": config["protocol"], "dataset": config["data"]["dataset"],
+                         "device": config["device"], "val_ACC": c.metrics.get("val_ACC", float("nan")),
+                         **{key: c.tags.get(key, "") for key in FINGERPRINT_KEYS}, "config": config})
 
     cells_table = pd.DataFrame(rows).sort_values(["driver", "seed"]).reset_index(drop=True)
     present = set(zip(cells_table.driver, cells_table.seed))
