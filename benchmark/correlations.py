@@ -12,15 +12,22 @@ against the absolute Fisher (Benzing: MAS ≈ AF), SI against √SOS (Benzing: S
 against the exact estimators they stand in for: the arg-max-label Fisher (FACIL) against the true Fisher, whose
 expectation over labels it replaces by the most likely label, and against the empirical one, the p(y|x)-weighted
 Fisher (Mammoth) against both; and a plugin estimator (benchmark/plugins.py) against every other.
+
+library_practice_correlations gives the libraries' pairs for any trained model and its importance samples, without
+a run.
 """
 
 import math
+from dataclasses import replace
 from itertools import combinations
 
 import numpy as np
-from torch import Tensor
+import pandas as pd
+from torch import Tensor, nn
 
 from benchmark import plugins
+from benchmark.config import Config
+from benchmark.loop import make_estimators
 
 COLUMNS = ["task", "layer", "param", "kind", "estimator_a", "estimator_b", "method", "value"]
 PAPER_ESTIMATORS = ("fis", "mas", "si", "sig")
@@ -142,3 +149,19 @@ def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tens
             both, either = np.count_nonzero(mask(a, key) & mask(b, key)), np.count_nonzero(mask(a, key) | mask(b, key))
             rows.append((task, layer, param, kind, a, b, overlap, both / either))
     return rows
+
+
+# the libraries' Fisher variants and the exact estimators they stand in for: what library_practice_correlations computes
+LIBRARY_PRACTICE = ("fis", "fis_exact", "fis_batched", "fis_maxpred", "fis_pweighted")
+
+
+def library_practice_correlations(model: nn.Module, x: Tensor, y: Tensor, config: Config) -> pd.DataFrame:
+    """How close each library's Fisher comes to the exact ones on one trained model: the importances of
+    LIBRARY_PRACTICE on the importance samples (x, y), configured by the protocol's [estimators] section (e.g.
+    fis_batched_batchnorm), in eval mode as after a task; one row per layer, parameter kind, pair and method, for
+    the pairs above among them. SI's clamp and the blended accumulation need a training run: its correlations.csv."""
+    observed = replace(config, estimators=replace(config.estimators, observe=LIBRARY_PRACTICE))
+    model.eval()
+    importances = {name: e.importance(model, x, y) for name, e in make_estimators(observed).items()}
+    rows = correlation_rows(0, "increment", importances, config.analysis.top_k_percent)
+    return pd.DataFrame(rows, columns=COLUMNS).drop(columns=["task", "kind"])

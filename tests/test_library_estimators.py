@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from benchmark.config import load_config
-from benchmark.correlations import correlation_rows, pairs
+from benchmark.correlations import correlation_rows, library_practice_correlations, pairs
 from benchmark.errors import UsageError
 from benchmark.loop import accumulate, make_estimators, run_sequence
 from benchmark.scenario import make_scenario, make_splits
@@ -246,6 +246,23 @@ def test_library_pairs_appear_with_their_estimators():
         ("fis_exact", "fis"), ("fis_maxpred", "fis_exact"), ("fis_maxpred", "fis"), ("fis_pweighted", "fis"),
         ("fis_pweighted", "fis_exact")]
     assert pairs(["fis", "fis_maxpred"]) == [("fis_maxpred", "fis")]
+
+
+def test_library_practice_correlations_of_a_trained_model_without_a_run():
+    model = small_net()
+    x, _ = data(n=60)
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    table = library_practice_correlations(model, x, predicted, load_config("smoke"))
+    assert list(table.columns) == ["layer", "param", "estimator_a", "estimator_b", "method", "value"]
+    assert set(zip(table.estimator_a, table.estimator_b)) == {
+        ("fis_exact", "fis"), ("fis_batched", "fis"), ("fis_maxpred", "fis_exact"), ("fis_maxpred", "fis"),
+        ("fis_pweighted", "fis"), ("fis_pweighted", "fis_exact")}
+    assert set(table.layer) == {"0", "2", "4"} and set(table.param) == {"weight", "bias", "all"}
+    # labels that are the model's predictions: the arg-max Fisher is the empirical one, in every layer
+    same = table[(table.estimator_a == "fis_maxpred") & (table.estimator_b == "fis")]
+    assert same.value.to_numpy() == pytest.approx(1.0, abs=1e-12)
+    assert table.value.between(-1, 1).all()
 
 
 @pytest.mark.parametrize("key, value", [
