@@ -22,7 +22,7 @@ import socket
 import uuid
 
 from benchmark.config import Config, parse_config
-from benchmark.errors import UsageError
+from benchmark.errors import UsageError, first_line
 from benchmark.experiment import Sweep, experiment_name, run_group
 from benchmark.progress import Progress
 from benchmark.scenario import load_splits, make_task_sequence
@@ -77,11 +77,6 @@ def connect(address: str | None, cpus: float, gpus: float) -> None:
     if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
         raise UsageError(f"no node of the Ray cluster has CPU {cpus:g} and GPU {gpus:g} for a task "
                          f"({cluster_line(ray)}): lower --ray-cpus or --ray-gpus, or start a node that has them")
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def cluster_line(ray) -> str:

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from benchmark import plugins
 from benchmark.config import IMAGE_SIDE, MNIST_TRAIN_IMAGES, SPLIT_CLASSES_PER_TASK, DataConfig
-from benchmark.errors import UsageError
+from benchmark.errors import UsageError, first_line
 
 PIXELS = 28 * 28
 
@@ -216,50 +216,62 @@ def draw_permutations(tasks: int, seed: int) -> np.ndarray:
 TORCHVISION = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "Fashion-MNIST")}
 
 
+# torchvision's file names in <folder>/raw/: train images, train labels, test images, test labels
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_UNSIGNED_BYTE = 0x08
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file of unsigned bytes (LeCun's MNIST format, Fashion-MNIST's too): two zero bytes, the type 0x08, the
+    number of dimensions, each dimension as a big-endian uint32, then the data. Read here rather than through
+    torchvision, whose import alone costs a run's start-up seconds (tests/test_scenario.py checks both agree)."""
+    data = path.read_bytes()
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != IDX_UNSIGNED_BYTE:
+        raise ValueError(f"{path.name} is not an idx file of unsigned bytes")
+    header = 4 + 4 * data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(data[3]))
+    if len(data) != header + int(np.prod(shape)):
+        raise ValueError(f"{path.name} holds {len(data) - header} bytes of data, its header says {int(np.prod(shape))}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
 def load_dataset(data_dir: str | Path, dataset: str = "mnist",
                  download: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(train images uint8 [60000, 28, 28], train labels, test images [10000, 28, 28], test labels) of MNIST or
-    Fashion-MNIST.
+    """(train images uint8 [60000, 28, 28], train labels int64, test images [10000, 28, 28], test labels) of MNIST
+    or Fashion-MNIST.
 
-    Looks for torchvision's layout (data_dir/MNIST/raw/*-ubyte, data_dir/FashionMNIST/raw/…); downloads through
-    torchvision if allowed. Any failure becomes a one-line UsageError that says how to provide the files.
+    Reads torchvision's layout (data_dir/MNIST/raw/*-ubyte, data_dir/FashionMNIST/raw/…); only where the files are
+    missing, and download is allowed, torchvision downloads them. Any failure becomes a one-line UsageError that
+    says how to provide the files.
     """
-    import torchvision  # imported here: it takes a second and only data loading needs it
-
     folder, label = TORCHVISION[dataset]
-
-    def read(train: bool, allow_download: bool):
-        return getattr(torchvision.datasets, folder)(str(data_dir), train=train, download=allow_download)
-
     raw = Path(data_dir) / folder / "raw"
     how = (f"put the four {label} idx files in {raw}, or point --data-dir (or BENCHMARK_DATA_DIR) at a folder "
            f"that holds {folder}/raw/")
-
-    def first_line(e: Exception) -> str:
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-    try:
-        sets = read(True, False), read(False, False)
-    except RuntimeError as e:  # torchvision: "Dataset not found"
-        if "not found" not in str(e):
-            raise UsageError(f"{label} files in {raw} are unreadable ({first_line(e)}): {how}") from None
+    if not all((raw / name).is_file() for name in IDX_FILES):
         if not download:
-            raise UsageError(f"{label} not found: {how}") from None
+            raise UsageError(f"{label} not found: {how}")
+        import torchvision  # only to download: its import takes seconds
+
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(30)
         try:
-            sets = read(True, True), read(False, True)
+            for train in (True, False):
+                getattr(torchvision.datasets, folder)(str(data_dir), train=train, download=True)
         except Exception as e:  # offline, a mirror down, a proxy: torchvision reports each its own way
             raise UsageError(f"{label} not found and not downloadable ({first_line(e)}): {how}") from None
         finally:
             socket.setdefaulttimeout(previous)
-    except Exception as e:  # a corrupt or truncated file fails inside torchvision's idx reader
+    try:
+        train_x, train_y, test_x, test_y = (read_idx(raw / name) for name in IDX_FILES)
+    except (OSError, ValueError) as e:
         raise UsageError(f"{label} files in {raw} are unreadable ({first_line(e)}): {how}") from None
-    (train, test) = sets
-    if train.data.shape != (MNIST_TRAIN_IMAGES, 28, 28) or test.data.shape != (10000, 28, 28) \
-            or len(train.targets) != MNIST_TRAIN_IMAGES or len(test.targets) != 10000:
+    image = (IMAGE_SIDE, IMAGE_SIDE)
+    if train_x.shape != (MNIST_TRAIN_IMAGES, *image) or test_x.shape != (10000, *image) \
+            or train_y.shape != (MNIST_TRAIN_IMAGES,) or test_y.shape != (10000,):
         raise UsageError(f"{label} files under {data_dir} have unexpected sizes: {how}")
-    return train.data, train.targets, test.data, test.targets
+    return (torch.from_numpy(train_x.copy()), torch.from_numpy(train_y.astype(np.int64)),
+            torch.from_numpy(test_x.copy()), torch.from_numpy(test_y.astype(np.int64)))
 
 
 def make_splits(data: DataConfig, mnist, device: str | torch.device = "cpu") -> Splits:

@@ -27,7 +27,7 @@ import optuna
 
 from benchmark.config import Config
 from benchmark.environment import fingerprint
-from benchmark.errors import UsageError
+from benchmark.errors import UsageError, first_line
 from benchmark.experiment import experiment_name
 from benchmark.experiment_notes import tuning_experiment_description
 from benchmark.loop import Diverged, EstimatorFailed, run_sequence
@@ -78,8 +78,7 @@ def open_storage(url: str, create: bool = True):
                     raise
                 time.sleep(0.5 + attempt)
     except Exception as e:  # SQLAlchemy, the database driver and the file system fail in their own ways
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot open Optuna storage {redact(url)}: {redact(reason)}") from None
+        raise UsageError(f"cannot open Optuna storage {redact(url)}: {redact(first_line(e))}") from None
 
 
 @dataclass(frozen=True)

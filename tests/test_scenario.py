@@ -1,10 +1,20 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from benchmark.config import load_config, parse_config
 from benchmark.errors import UsageError
-from benchmark.scenario import draw_permutations, load_dataset, make_scenario, make_splits, make_task_sequence
+from benchmark.scenario import (
+    IDX_FILES,
+    draw_permutations,
+    load_dataset,
+    make_scenario,
+    make_splits,
+    make_task_sequence,
+)
+from tests.conftest import DATA_DIR
 
 
 def test_permutations_drawn_from_seed():
@@ -93,3 +103,24 @@ def test_task_accuracies_equal_the_model_on_permuted_images(mnist):
     plain = [accuracy(model, scenario.inputs(scenario.test, j), scenario.test.y) for j in range(5)]
     assert fast == pytest.approx(plain, abs=2 / len(scenario.test.y))  # a tie in float rounding at most
     assert fast[2] > 0.8 and max(fast[:2] + fast[3:]) < 0.3
+
+
+def test_idx_reader_equals_torchvisions(mnist):
+    """The suite reads the idx files itself (torchvision's import costs seconds); torchvision's own MNIST class is
+    the truth it must equal, byte for byte."""
+    import torchvision
+
+    train = torchvision.datasets.MNIST(DATA_DIR, train=True, download=False)
+    test = torchvision.datasets.MNIST(DATA_DIR, train=False, download=False)
+    for ours, theirs in zip(mnist, (train.data, train.targets, test.data, test.targets)):
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+
+
+def test_truncated_idx_file_is_a_usage_error_naming_it(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in IDX_FILES:
+        (raw / name).write_bytes((Path(DATA_DIR) / "MNIST" / "raw" / name).read_bytes())
+    (raw / IDX_FILES[2]).write_bytes((raw / IDX_FILES[2]).read_bytes()[:-1])
+    with pytest.raises(UsageError, match="t10k-images-idx3-ubyte holds 7839999 bytes of data, its header says 7840000"):
+        load_dataset(tmp_path, download=False)
