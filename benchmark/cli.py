@@ -308,7 +308,8 @@ def resolve_lambdas(config: Config, drivers: list[str], args) -> tuple[dict, lis
 
 
 def command_run(args) -> int:
-    from benchmark.experiment import experiment_name, run_here, run_sweep
+    from benchmark.environment import experiment_name
+    from benchmark.experiment import run_here, run_sweep
 
     options = ray_options(args)
     config = read_config(args)

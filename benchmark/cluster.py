@@ -22,8 +22,9 @@ import socket
 import uuid
 
 from benchmark.config import Config, parse_config
+from benchmark.environment import experiment_name
 from benchmark.errors import UsageError, first_line
-from benchmark.experiment import Sweep, experiment_name, run_group
+from benchmark.experiment import Sweep, run_group
 from benchmark.progress import Progress
 from benchmark.scenario import load_splits, make_task_sequence
 from tracking import Store

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from benchmark.config import Config
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "results"  # what `report --out` there publishes must come from committed code
 CELLS_FILE = "cells.csv"  # a results folder's per-cell values: written by report, read by verify
@@ -130,3 +132,12 @@ def differing(a: dict, b: dict) -> list[str]:
 def inside_results(path: str | Path) -> bool:
     """Whether `path` lies in this checkout's results/ folder (what the repository publishes)."""
     return Path(path).resolve().is_relative_to(RESULTS_DIR.resolve())
+
+
+def experiment_name(config: Config) -> str:
+    d = config.data
+    if d.sequence == "permuted":
+        return f"p{d.dataset}-{config.protocol}"  # pmnist-paper, pfashion-mnist-quick, …
+    if d.sequence == "sequence":
+        return f"sequence-{config.protocol}"  # sequence-conv: the datasets are the protocol's
+    return f"{d.sequence}-{d.dataset}-{config.protocol}"  # rotated-mnist-rotated-quick, split-mnist-split-quick

@@ -17,7 +17,7 @@ import torch
 from benchmark import __version__, plugins
 from benchmark.config import Config
 from benchmark.correlations import COLUMNS, correlation_rows
-from benchmark.environment import fingerprint
+from benchmark.environment import experiment_name, fingerprint
 from benchmark.experiment_notes import sweep_experiment_description
 from benchmark.lambdas import Lambda
 from benchmark.loop import Cell, Diverged, EstimatorFailed, TaskResult, run_cells
@@ -25,15 +25,6 @@ from benchmark.metrics import average_accuracy, backward_transfer, forgetting
 from benchmark.progress import Progress
 from benchmark.scenario import Splits, TaskSequence, make_task_sequence
 from tracking import Run, Store
-
-
-def experiment_name(config: Config) -> str:
-    d = config.data
-    if d.sequence == "permuted":
-        return f"p{d.dataset}-{config.protocol}"  # pmnist-paper, pfashion-mnist-quick, …
-    if d.sequence == "sequence":
-        return f"sequence-{config.protocol}"  # sequence-conv: the datasets are the protocol's
-    return f"{d.sequence}-{d.dataset}-{config.protocol}"  # rotated-mnist-rotated-quick, split-mnist-split-quick
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:

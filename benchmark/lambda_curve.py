@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.config import Config
+from benchmark.environment import experiment_name
 from benchmark.lambdas import Lambda
 from benchmark.report.stats import mean_ci
 
@@ -41,8 +42,6 @@ def grid(center: float, points: int, decades: float) -> list[float]:
 
 
 def experiment_of(config: Config) -> str:
-    from benchmark.experiment import experiment_name
-
     return f"{experiment_name(config)}-lambda-curve"
 
 

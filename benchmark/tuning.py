@@ -26,9 +26,8 @@ import numpy as np
 import optuna
 
 from benchmark.config import Config
-from benchmark.environment import fingerprint
+from benchmark.environment import experiment_name, fingerprint
 from benchmark.errors import UsageError, first_line
-from benchmark.experiment import experiment_name
 from benchmark.experiment_notes import tuning_experiment_description
 from benchmark.loop import Diverged, EstimatorFailed, run_sequence
 from benchmark.metrics import average_accuracy

@@ -68,8 +68,10 @@ def choose(cells: pd.DataFrame, spec: str) -> pd.DataFrame:
 
 
 def rerun(store, config, cell: pd.Series, data_dir: str, download: bool) -> pd.Series | str:
-    """The cell run again here, recorded in `store`: its cells.csv row, or why there is none."""
-    from benchmark.experiment import experiment_name, run_sweep
+    """The cell run again here, recorded in `store` under its experiment's name + "-verify" (so that a store holding
+    the published runs does not hand one back as finished): its cells.csv row, or why there is none."""
+    from benchmark.environment import experiment_name
+    from benchmark.experiment import run_sweep
     from benchmark.lambdas import Lambda
     from benchmark.report.cells import cells_table
     from benchmark.report.collect import latest_sweep, load_sweep
@@ -79,13 +81,14 @@ def rerun(store, config, cell: pd.Series, data_dir: str, download: bool) -> pd.S
     splits = load_splits(config.data, data_dir, download, device)
     driver, seed = cell.driver, int(cell.seed)
     lambdas = {} if driver == "none" else {driver: Lambda(float(cell["lambda"]), cell.lambda_source)}
+    experiment = f"{experiment_name(config)}-verify"
     statuses, reused = run_sweep(store, config, [driver], [seed], lambdas, splits, "none",
-                                 f"python -m benchmark verify (cell {driver} seed {seed})")
+                                 f"python -m benchmark verify (cell {driver} seed {seed})", experiment=experiment)
     if reused:
-        return f"not rerun: {store.uri} already holds this cell (run {reused[0]}); verify into a store without it"
+        return f"not rerun: {store.uri} already holds a rerun of this cell (run {reused[0]}); verify into another"
     if statuses[(driver, seed)] != "FINISHED":
         return f"the rerun {statuses[(driver, seed)]}"
-    sweep = load_sweep(store, [latest_sweep(store, experiment_name(config)).id], None)
+    sweep = load_sweep(store, [latest_sweep(store, experiment).id], None)
     return cells_table(sweep).iloc[0]
 
 

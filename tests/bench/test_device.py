@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from benchmark.config import PAPER_DRIVERS, load_config
-from benchmark.experiment import experiment_name, run_sweep
+from benchmark.environment import experiment_name
+from benchmark.experiment import run_sweep
 from benchmark.lambdas import Lambda
 from benchmark.scenario import make_splits
 from tracking import Store

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.config import load_config
-from benchmark.experiment import cell_config, experiment_name, run_group
+from benchmark.environment import experiment_name
+from benchmark.experiment import cell_config, run_group
 from benchmark.lambdas import Lambda
 from benchmark.loop import (
     Cell,
