@@ -85,13 +85,13 @@ def test_verify_reruns_two_cells_bit_identical_here(published, capsys):
 
 
 @pytest.mark.slow
-def test_a_tampered_value_fails(published, store_uri, tmp_path, capsys):
-    _, folder = published
+def test_a_tampered_value_fails(published, tmp_path, capsys):
+    uri, folder = published  # the store holding the published runs: verify reruns the cell all the same
     copy = copy_of(folder, tmp_path)
     cells = pd.read_csv(copy / CELLS_FILE, dtype=str)
     cells.loc[0, "ACC"] = str(float(cells.loc[0, "ACC"]) + 0.001)
     cells.to_csv(copy / CELLS_FILE, index=False)
-    assert verify(copy, store_uri, "--cells", "1") == 1
+    assert verify(copy, uri, "--cells", "1") == 1
     assert "mas seed 0: ACC" in (out := capsys.readouterr().out) and "ACC DIFFER although the fingerprint" in out
 
 
