@@ -10,16 +10,8 @@ import signal
 import sys
 
 from benchmark import plugins
-from benchmark.config import (
-    CURVE_DRIVERS,
-    DATASETS,
-    PAPER_DRIVERS,
-    PROTOCOLS,
-    Config,
-    drivers,
-    estimator_drivers,
-    load_config,
-)
+from benchmark.config import DATASETS, PROTOCOLS, Config, load_config
+from benchmark.drivers import CURVE_DRIVERS, PAPER_DRIVERS, drivers, estimator_drivers
 from benchmark.errors import UsageError
 from benchmark.lambdas import MIN_TUNED_TRIALS, SOURCES
 
@@ -296,10 +288,10 @@ def open_store(args, must_exist: bool = False):
 
 def resolve_lambdas(config: Config, drivers: list[str], args) -> tuple[dict, list[str]]:
     """λ per penalised driver (benchmark.lambdas), and the lines that say where each came from."""
+    user = parse_lambdas(args.lambdas) if args.lambdas else {}  # bad λ is reported before any storage is opened
     from benchmark.lambdas import provenance, resolve_lambdas
     from benchmark.tuning import open_storage, resolve_storage
 
-    user = parse_lambdas(args.lambdas) if args.lambdas else {}  # bad λ is reported before any storage is opened
     storage = None if args.lambda_source == "protocol" else open_storage(resolve_storage(args.storage), create=False)
     lambdas, notes = resolve_lambdas(config, drivers, user, args.lambda_source, storage, from_file=bool(args.config),
                                      min_tuned_trials=args.min_tuned_trials)
@@ -308,15 +300,15 @@ def resolve_lambdas(config: Config, drivers: list[str], args) -> tuple[dict, lis
 
 
 def command_run(args) -> int:
-    from benchmark.environment import experiment_name
-    from benchmark.experiment import run_here, run_sweep
-
     options = ray_options(args)
     config = read_config(args)
     chosen = parse_drivers(args.drivers)
     lambdas, provenance = resolve_lambdas(config, chosen, args)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     check_model(config)
+    from benchmark.environment import experiment_name  # after the checks of the input: these import torch
+    from benchmark.experiment import run_here, run_sweep
+
     if args.executor == "ray":
         from benchmark.cluster import RayExecutor
 
@@ -399,7 +391,7 @@ def command_lambda_curve(args) -> int:
     from pathlib import Path
 
     from benchmark.lambda_curve import CURVE_FIRST_SEED, run_lambda_curve
-    from estimators.controls import base_estimator
+    from estimators.names import base_estimator
 
     config = read_config(args)
     chosen = [d for d in parse_drivers(args.drivers) if d != "none"]

@@ -11,17 +11,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from benchmark import plugins
+from benchmark.drivers import drivers
 from benchmark.errors import UsageError
-from estimators import ESTIMATORS
-from estimators.controls import control_names
-from estimators.fis_batched import BATCHNORM_MODES
+from estimators.names import BATCHNORM_MODES, NAMES
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 PROTOCOLS = sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
 DATASETS = ("mnist", "fashion-mnist")  # whose pixels are permuted: both 60k + 10k grey 28×28 images, 10 classes
-PAPER_DRIVERS = ("none", "fis", "mas", "si", "sig")  # `run --drivers paper`, the default
-# `lambda-curve`'s default: the paper's four, and the controls that need a λ of their own to be compared fairly
-CURVE_DRIVERS = ("fis", "mas", "si", "sig", "uniform", "shuffled-mas", "layermean-mas")
 MNIST_TRAIN_IMAGES = 60000
 SEQUENCES = ("permuted", "rotated", "split", "sequence")  # data.sequence: the kinds of task sequence (scenario.py)
 MODEL_KINDS = ("mlp", "conv")  # model.kind (model.py)
@@ -29,16 +25,6 @@ SPLIT_CLASSES_PER_TASK = 2  # split-MNIST: classes 0/1, 2/3, … one pair per ta
 IMAGE_SIDE = 28  # MNIST and Fashion-MNIST: 28×28 grey images
 # for a list field whose default is empty, the element type its values must have ("should be like …")
 FLOATS, STRINGS = {"like": (0.0,)}, {"like": ("mnist",)}
-
-
-def estimator_drivers() -> tuple[str, ...]:
-    """`--drivers all`: none (plain fine-tuning, no penalty) and every estimator, plugins included."""
-    return ("none", *plugins.estimators())
-
-
-def drivers() -> tuple[str, ...]:
-    """Whose importances may drive the penalty: the estimators and their controls (estimators/controls.py)."""
-    return (*estimator_drivers(), *control_names(plugins.estimators()))
 
 
 @dataclass(frozen=True)
@@ -98,7 +84,7 @@ class PenaltyConfig:
 class EstimatorConfig:
     # which estimators observe every run (a driver is always observed); the paper protocol keeps to its four:
     # the five more cost a paper cell 15% over the bare loop (README, "Performance")
-    observe: tuple[str, ...] = tuple(ESTIMATORS)
+    observe: tuple[str, ...] = NAMES
     batch_size: int = 1000
     si_xi: float = 0.1
     si_gradient: str = "task"
@@ -250,7 +236,7 @@ def _validate(c: Config, source: str) -> None:
         need(name in drivers() and name != "none", f"penalty.lambda has unknown driver {name!r}")
         need(lam >= 0, f"penalty.lambda.{name} = {lam} must be ≥ 0")
     e = c.estimators
-    unknown = [name for name in e.observe if name not in plugins.estimators()]
+    unknown = [name for name in e.observe if name not in plugins.estimator_names()]
     need(not unknown, f"estimators.observe: unknown estimator {unknown[0]!r}" if unknown else "")
     need(e.batch_size >= 1, "estimators.batch_size must be ≥ 1")
     need(e.si_xi > 0, "estimators.si_xi must be > 0")

@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from benchmark import plugins
 from benchmark.config import Config
+from benchmark.drivers import PAPER_ESTIMATORS
 from benchmark.loop import make_estimators
 
 COLUMNS = ["task", "layer", "param", "kind", "estimator_a", "estimator_b", "method", "value"]
-PAPER_ESTIMATORS = ("fis", "mas", "si", "sig")
 # derived importances: name -> (estimator it is computed from, elementwise transform); the transforms are
 # monotone on these non-negative importances, so ranks and top-k sets are those of the estimator itself
 DERIVED = {"mas^2": ("mas", np.square), "sqrt(fis)": ("fis", np.sqrt), "sqrt(sos)": ("sos", np.sqrt)}
@@ -49,7 +49,7 @@ def pairs(estimators: list[str]) -> list[tuple[str, str]]:
     control drivers: a constant or permuted copy says nothing new)."""
     paper = [e for e in estimators if e in PAPER_ESTIMATORS]
     extra = [(a, b) for a, b in EXTRA_PAIRS if source(a) in estimators and source(b) in estimators]
-    known = [e for e in estimators if e in plugins.estimators()]
+    known = [e for e in estimators if e in plugins.estimator_names()]
     own = [(a, b) for a, b in combinations(known, 2) if plugins.is_plugin(a) or plugins.is_plugin(b)]
     return list(combinations(paper, 2)) + extra + own
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from benchmark.config import Config
 from benchmark.errors import UsageError
-from estimators.controls import base_estimator
+from estimators.names import base_estimator
 
 MIN_TUNED_TRIALS = 10
 SOURCES = ("auto", "tuned", "protocol")

@@ -20,7 +20,8 @@ from benchmark.config import Config
 from benchmark.model import make_model
 from benchmark.scenario import PermutedMNIST, Split, TaskSequence
 from estimators import ESTIMATORS, Estimator
-from estimators.controls import Control, base_estimator
+from estimators.controls import Control
+from estimators.names import base_estimator
 
 Importances = dict[str, dict[str, Tensor]]  # estimator -> parameter name -> tensor
 

@@ -22,20 +22,23 @@ import importlib.metadata
 import inspect
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from benchmark.errors import UsageError
-from estimators import ESTIMATORS, Estimator
-from estimators.controls import KINDS
+from estimators.names import CONTROL_KINDS, NAMES
+
+if TYPE_CHECKING:
+    from estimators import Estimator
 
 ENTRY_POINT_GROUP = "cl_importance_bench.estimators"
 NAME = re.compile(r"[a-z][a-z0-9_]*")
-RESERVED = {"none", "uniform", "all", "paper", *KINDS}  # driver words of the command line and the controls
+RESERVED = {"none", "uniform", "all", "paper", *CONTROL_KINDS}  # driver words of the command line and the controls
 
 
 @dataclass(frozen=True)
 class EstimatorPlugin:
     spec: str  # module:Class
-    cls: type[Estimator]
+    cls: "type[Estimator]"
     distribution: str = ""  # the installed distribution providing the module, if any
     version: str = ""
 
@@ -43,9 +46,16 @@ class EstimatorPlugin:
 _loaded: dict[str, EstimatorPlugin] = {}  # by estimator name, in the order loaded
 
 
-def estimators() -> dict[str, type[Estimator]]:
+def estimators() -> "dict[str, type[Estimator]]":
     """Every estimator by name: the built-in ones, then the loaded plugins."""
+    from estimators import ESTIMATORS
+
     return {**ESTIMATORS, **{name: plugin.cls for name, plugin in _loaded.items()}}
+
+
+def estimator_names() -> tuple[str, ...]:
+    """The names of estimators(), without importing a built-in one."""
+    return (*NAMES, *_loaded)
 
 
 def is_plugin(name: str) -> bool:
@@ -64,13 +74,15 @@ def load(spec: str, origin: str = "--estimator-plugin") -> EstimatorPlugin:
     def bad(problem: str) -> UsageError:
         return UsageError(f"estimator plugin {spec!r} ({origin}): {problem}")
 
+    from estimators import Estimator
+
     module_name, class_name, cls = _import(spec, bad, "module:Class")
     if not (inspect.isclass(cls) and issubclass(cls, Estimator)):
         raise bad(f"{class_name} is not a subclass of estimators.Estimator")
     name = getattr(cls, "name", "")
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise bad(f"its name {name!r} must be lower-case letters, digits and _, starting with a letter")
-    if name in ESTIMATORS or name in RESERVED:
+    if name in NAMES or name in RESERVED:
         raise bad(f"its name {name!r} clashes with a built-in estimator or driver")
     if name in _loaded:
         if _loaded[name].cls is cls:

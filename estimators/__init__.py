@@ -21,33 +21,22 @@ si             option clamp_max: Ω bounded from above (Avalanche's SI)
 Accumulating over tasks (the experiment's, benchmark/loop.py): "blend", α Ω + (1 − α) Ω_task (FACIL, Avalanche MAS)
 """
 
-from estimators.abs_fisher import AbsoluteFisher
-from estimators.base import Estimator
-from estimators.fis import EmpiricalFisher
-from estimators.fis_batched import BatchedFisher
-from estimators.fis_exact import TrueFisher
-from estimators.fis_maxpred import MaxPredictionFisher
-from estimators.fis_pweighted import ProbabilityWeightedFisher
-from estimators.fis_sampled import SampledFisher
-from estimators.mas import MemoryAwareSynapses
-from estimators.si import SynapticIntelligence
-from estimators.sig import SignalImportance
-from estimators.sos import RunningSquaredGradients
+import importlib
 
-ESTIMATORS: dict[str, type[Estimator]] = {
-    "fis": EmpiricalFisher,
-    "mas": MemoryAwareSynapses,
-    "si": SynapticIntelligence,
-    "sig": SignalImportance,
-    "fis_exact": TrueFisher,
-    "fis_sampled": SampledFisher,
-    "fis_batched": BatchedFisher,
-    "abs_fisher": AbsoluteFisher,
-    "sos": RunningSquaredGradients,
-    "fis_maxpred": MaxPredictionFisher,
-    "fis_pweighted": ProbabilityWeightedFisher,
-}
+from estimators.names import CLASSES, NAMES
 
-__all__ = ["ESTIMATORS", "Estimator", "AbsoluteFisher", "BatchedFisher", "EmpiricalFisher", "MaxPredictionFisher",
-           "MemoryAwareSynapses", "ProbabilityWeightedFisher", "RunningSquaredGradients", "SampledFisher",
-           "SignalImportance", "SynapticIntelligence", "TrueFisher"]
+# The classes are imported on first use (PEP 562): `import estimators` for the names alone costs no torch import.
+__all__ = ["ESTIMATORS", "NAMES", "Estimator", *(cls for _, cls in CLASSES.values())]
+
+
+def __getattr__(attribute: str):
+    if attribute == "ESTIMATORS":  # name → class, every built-in estimator
+        return {name: getattr(importlib.import_module(module), cls) for name, (module, cls) in CLASSES.items()}
+    if attribute == "Estimator":
+        from estimators.base import Estimator
+
+        return Estimator
+    for module, cls in CLASSES.values():
+        if cls == attribute:
+            return getattr(importlib.import_module(module), cls)
+    raise AttributeError(f"module 'estimators' has no attribute {attribute!r}")

@@ -18,17 +18,7 @@ fair comparison with <est>'s.
 import torch
 from torch import Tensor, nn
 
-KINDS = ("shuffled", "layermean")  # the controls of an estimator; "uniform" stands alone
-
-
-def control_names(estimators) -> tuple[str, ...]:
-    return ("uniform", *(f"{kind}-{est}" for kind in KINDS for est in estimators))
-
-
-def base_estimator(driver: str) -> str | None:
-    """The estimator a shuffled-/layermean- control transforms; None for uniform and for anything else."""
-    kind, sep, est = driver.partition("-")
-    return est if sep and kind in KINDS else None
+from estimators.names import base_estimator
 
 
 class Control:

@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from estimators.base import Estimator
-
-BATCHNORM_MODES = ("eval", "train")
+from estimators.names import BATCHNORM_MODES
 
 
 @contextmanager

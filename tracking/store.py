@@ -9,10 +9,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:  # imported where used: the CLI imports this module before it knows whether anything will train
+    import numpy as np
+    import torch
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
@@ -252,12 +253,16 @@ class Run:
     def log_text(self, text: str, path: str) -> None:
         self._log_bytes(text.encode(), path)
 
-    def log_array(self, array: np.ndarray, path: str) -> None:
+    def log_array(self, array: "np.ndarray", path: str) -> None:
+        import numpy as np
+
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         self._log_bytes(buffer.getvalue(), path)
 
-    def log_tensors(self, tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None):
+    def log_tensors(self, tensors: "dict[str, torch.Tensor]", path: str, metadata: dict[str, str] | None = None):
+        from safetensors.torch import save_file
+
         directory, filename = os.path.split(path)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / filename

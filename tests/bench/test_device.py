@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.config import PAPER_DRIVERS, load_config
+from benchmark.config import load_config
+from benchmark.drivers import PAPER_DRIVERS
 from benchmark.environment import experiment_name
 from benchmark.experiment import run_sweep
 from benchmark.lambdas import Lambda
