@@ -412,6 +412,7 @@ def command_lambda_curve(args) -> int:
         raise UsageError(f"lambda-curve: no λ > 0 to centre {missing[0]}'s grid on (give one: --lambda "
                          f"{missing[0]}=VALUE)")
     check_model(config)
+    refuse_dirty_results(args.out, args.allow_dirty)
     splits = load_data(config, args)
     store = open_store(args)
     seeds = list(range(CURVE_FIRST_SEED, CURVE_FIRST_SEED + args.seeds))
@@ -431,10 +432,7 @@ def command_report(args) -> int:
     from benchmark.report import build_report
     from benchmark.report.collect import latest_sweep
 
-    for_results = inside_results(args.out)
-    if for_results and not args.allow_dirty and git_dirty() == "True":
-        raise UsageError(f"--out {args.out}: results/ publishes runs of committed code, and the working tree has "
-                         "uncommitted changes (git status); commit them, or pass --allow-dirty")
+    for_results = refuse_dirty_results(args.out, args.allow_dirty)
     store = open_store(args, must_exist=True)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
     sweeps = args.sweep

@@ -26,12 +26,15 @@ import numpy as np
 import pandas as pd
 
 from benchmark.config import Config
-from benchmark.environment import experiment_name
+from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS, experiment_name
 from benchmark.lambdas import Lambda
 from benchmark.report.stats import mean_ci
 
 CURVE_FIRST_SEED = 20000  # disjoint from the seeds `run` reports (0 …) and `tune`'s (10000 …)
-CURVE_FILE, SUMMARY_FILE, BEST_FILE, FIGURE_FILE = "curve.csv", "curve_summary.csv", "best.csv", "lambda_response.png"
+SUMMARY_FILE, BEST_FILE, FIGURE_FILE = "curve_summary.csv", "best.csv", "lambda_response.png"
+# cells.csv's columns (the layout verify reads, benchmark/report/cells.py), and the phase each cell belongs to
+CELL_COLUMNS = ("protocol", "dataset", "driver", "seed", "lambda", "lambda_source", "phase", "val_ACC", "ACC", "BWT",
+                *FINGERPRINT_KEYS, "run_id")
 
 
 def grid(center: float, points: int, decades: float) -> list[float]:
@@ -45,14 +48,16 @@ def experiment_of(config: Config) -> str:
     return f"{experiment_name(config)}-lambda-curve"
 
 
-def finished_cells(store, experiment: str) -> pd.DataFrame:
-    """Every finished cell of the curve's experiment: driver, lambda, seed, phase, val_ACC, ACC, BWT, run_id."""
-    rows = [{"driver": r.tags["driver"], "lambda": float(r.tags["lambda"]), "seed": int(r.tags["seed"]),
-             "val_ACC": r.metrics.get("val_ACC", math.nan), "ACC": r.metrics.get("ACC", math.nan),
-             "BWT": r.metrics.get("BWT", math.nan), "run_id": r.id}
+def finished_cells(store, experiment: str, config: Config) -> pd.DataFrame:
+    """Every finished cell of the curve's experiment, one row each with CELL_COLUMNS (a cell recorded before runs
+    carried a fingerprint has those columns empty)."""
+    rows = [{"protocol": config.protocol, "dataset": config.data.dataset, "driver": r.tags["driver"],
+             "seed": int(r.tags["seed"]), "lambda": float(r.tags["lambda"]), "lambda_source": r.tags["lambda_source"],
+             "phase": "curve" if int(r.tags["seed"]) >= CURVE_FIRST_SEED else "test",
+             **{m: r.metrics.get(m, math.nan) for m in ("val_ACC", "ACC", "BWT")},
+             **{k: r.tags.get(k, "") for k in FINGERPRINT_KEYS}, "run_id": r.id}
             for r in store.find_runs(experiment, kind="cell", status="FINISHED")]
-    cells = pd.DataFrame(rows, columns=["driver", "lambda", "seed", "val_ACC", "ACC", "BWT", "run_id"])
-    cells.insert(3, "phase", np.where(cells.seed >= CURVE_FIRST_SEED, "curve", "test"))
+    cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
     # a cell finished twice (a sweep rerun with --lambda of the same value) counts once: the newest
     return cells.drop_duplicates(["driver", "lambda", "seed"]).sort_values(["driver", "lambda", "seed"])
 
@@ -124,7 +129,7 @@ def run_lambda_curve(store, config: Config, drivers: list[str], centers: dict[st
     grids = {d: grid(centers[d], points, decades) for d in drivers}
 
     def publish() -> pd.DataFrame:
-        cells = finished_cells(store, experiment)
+        cells = finished_cells(store, experiment, config)
         summary = summarise(cells, grids, seeds)
         best = best_lambdas(summary, cells, seeds)
         if out is not None:
@@ -149,7 +154,7 @@ def run_lambda_curve(store, config: Config, drivers: list[str], centers: dict[st
 def write_results(out: Path, cells: pd.DataFrame, summary: pd.DataFrame, best: pd.DataFrame,
                   grids: dict[str, list[float]], seeds: list[int], test_seeds: list[int], command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    cells.to_csv(out / CURVE_FILE, index=False, float_format="%.6g")
+    cells.to_csv(out / CELLS_FILE, index=False)
     summary.to_csv(out / SUMMARY_FILE, index=False, float_format="%.6g")
     best.to_csv(out / BEST_FILE, index=False, float_format="%.6g")
     if (summary.n > 0).any():
@@ -180,6 +185,7 @@ def write_results(out: Path, cells: pd.DataFrame, summary: pd.DataFrame, best: p
             if r.test_n >= 2 else "not yet run"
         lines.append(f"| {r.driver} | {r.best_lambda:g} | {r.curve_seeds} | {val} | {'yes' if r.complete else 'no'} "
                      f"| {'yes' if r.at_edge else 'no'} | {test} |")
-    lines += ["", f"Files: `{CURVE_FILE}` (one row a finished cell), `{SUMMARY_FILE}` (per driver and λ), "
+    lines += ["", f"Files: `{CELLS_FILE}` (one row a finished cell, its fingerprint; `verify` reruns them), "
+              f"`{SUMMARY_FILE}` (per driver and λ), "
               f"`{BEST_FILE}`, `{FIGURE_FILE}`.", ""]
     (out / "README.md").write_text("\n".join(lines))

@@ -49,12 +49,13 @@ def test_lambda_curve_end_to_end_on_smoke(store_uri, tmp_path, capsys):
             "--seeds", "1", "--test-seeds", "2", "--lambda", "uniform=0.01", "--tracking-uri", store_uri,
             "--data-dir", DATA_DIR, "--out", str(out)]
     assert main(args) == 0
-    cells = pd.read_csv(out / "curve.csv")
+    cells = pd.read_csv(out / "cells.csv")
     curve = cells[cells.phase == "curve"]
     # mas centred on paper-tuned's 3.307, uniform on --lambda's 0.01: one decade, two points
     assert sorted(curve[curve.driver == "mas"]["lambda"]) == [1.046, 10.46]
     assert sorted(curve[curve.driver == "uniform"]["lambda"]) == [0.003162, 0.03162]
     assert set(curve.seed) == {CURVE_FIRST_SEED} and curve.val_ACC.between(0, 1).all()
+    assert (cells.fingerprint.str.len() == 16).all() and set(cells.protocol) == {"smoke"}
     best = pd.read_csv(out / "best.csv").set_index("driver")
     for driver in ("mas", "uniform"):
         test = cells[(cells.phase == "test") & (cells.driver == driver)]
@@ -68,7 +69,7 @@ def test_lambda_curve_end_to_end_on_smoke(store_uri, tmp_path, capsys):
     assert main(args) == 0
     # two curve points and two test sweeps, each finding all its cells finished
     assert capsys.readouterr().err.count("resuming: 2 of 2 cells already finished") == 4
-    assert len(pd.read_csv(out / "curve.csv")) == len(cells)
+    assert len(pd.read_csv(out / "cells.csv")) == len(cells)
 
 
 def test_lambda_curve_refuses_a_protocol_without_validation_split(untouched_store, capsys):
