@@ -174,6 +174,8 @@ def make_parser() -> Parser:
                        help="train up to K cells stacked, as run --parallel (default 1)")
     curve.add_argument("--out", default="results/lambda-response",
                        help="folder rewritten after every finished curve point (default results/lambda-response)")
+    curve.add_argument("--allow-dirty", action="store_true",
+                       help="write under results/ from a working tree with uncommitted changes (recorded per run)")
 
     report = commands.add_parser("report", help="figures, tables and the paper's claims from a sweep's runs")
     report.add_argument("--experiment", action="append", metavar="NAME",
@@ -425,10 +427,20 @@ def command_lambda_curve(args) -> int:
     return 0
 
 
+def refuse_dirty_results(out: str, allow_dirty: bool) -> bool:
+    """Whether `out` lies in results/; a UsageError there if the working tree is dirty and that is not allowed."""
+    from benchmark.environment import git_dirty, inside_results
+
+    for_results = inside_results(out)
+    if for_results and not allow_dirty and git_dirty() == "True":
+        raise UsageError(f"--out {out}: results/ publishes runs of committed code, and the working tree has "
+                         "uncommitted changes (git status); commit them, or pass --allow-dirty")
+    return for_results
+
+
 def command_report(args) -> int:
     from pathlib import Path
 
-    from benchmark.environment import git_dirty, inside_results
     from benchmark.report import build_report
     from benchmark.report.collect import latest_sweep
 
