@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from benchmark.cli import main
-from benchmark.report.stats import check_claims, mean_ci
+from benchmark.report.stats import mean_ci, sensitivity_headline
 from tests.conftest import DATA_DIR
 from tracking import Store
 
@@ -105,23 +105,32 @@ def test_the_report_leads_with_its_answers(sweep_store, report, tmp_path):
         assert forgetting_shown.set_index("driver").loc[driver, "ACC %"] == expected
     assert "Fewer than 3 seeds (n < 3)" in summary_text
 
-    claims = pd.read_csv(report / "claims.csv")
-    claims_shown = claims_shown.assign(claim=claims_shown.claim.replace("", np.nan).ffill())
-    lines = re.findall(r"^- (.+?): ((?:does not hold|holds)[^—]*) — (.+)$", summary_text, re.M)
-    assert [claim for claim, *_ in lines] == list(claims[claims.driver == "mas"].claim)
-    for claim, verdict, headline in lines:
-        assert verdict.strip() == claims.set_index(["driver", "claim"]).loc[("mas", claim), "verdict"]
-        rows = claims_shown[(claims_shown.claim == claim) & (claims_shown.driver.isin(["mas", ""]))]
-        rows = rows.iloc[:len(rows) if claim.startswith("SIG") else 1]
-        if claim.startswith("SIG"):  # first → last layer, per pair: the means of the table's cells
-            for _, row in rows.iterrows():
-                means = " → ".join(f"{layer} {row[layer].split()[0]}" for layer in ("fc1", "fc2", "fc3"))
-                assert f"{row.pair} {means}" in headline
-            continue
-        row = rows.iloc[0]
-        lowest = min(("fc1", "fc2", "fc3"), key=lambda layer: float(row[layer].split()[0]))
-        tasks = dict(item.split() for item in row["task of the minimum"].split(" · "))
-        assert headline == f"lowest: {row.pair}, {lowest} {row[lowest]} at task {tasks[lowest]}"
+    # the claims: first what the sensitivity table says of each, then each one's verdict on the report's measure,
+    # as the claims table says it and claims.csv counts it
+    claims = pd.read_csv(report / "claims.csv", dtype={"tasks": str})
+    mas = claims[claims.driver == "mas"]
+    sensitivity = pd.read_csv(report / "claims_sensitivity.csv", dtype={"tasks": str})
+    across, measured = summary_text.split("On this report's measure")
+    headlines = dict(re.findall(r"^- (.+?): (from task 1 on .+)$", across, re.M))
+    assert list(headlines) == list(dict.fromkeys(mas.claim))
+    for claim, headline in headlines.items():
+        assert headline == sensitivity_headline(sensitivity, claim)
+        assert len(sensitivity[(sensitivity.claim == claim) & (sensitivity.tasks == "1+")]) == 8
+    lines = dict(re.findall(r"^- (.+?): (.+)$", measured, re.M))
+    assert list(lines) == list(headlines)
+    claims_shown = claims_shown.assign(claim=claims_shown.claim.replace("", np.nan).ffill()).set_index("claim")
+    for claim, line in lines.items():
+        shown = claims_shown[claims_shown.driver == "mas"].loc[claim]
+        assert shown["in detail"] == line
+        for tasks, column in (("1+", "from task 1 on"), ("0", "at task 0")):
+            row = mas[(mas.claim == claim) & (mas.tasks == tasks)].iloc[0]
+            assert shown[column] == f"{row.verdict} ({row.cells_holding}/{row.cells} cells; indicative)"
+            if row.verdict == "holds":
+                assert (f"holds from task 1 on in {row.cells}/{row.cells} cells" if tasks == "1+" else
+                        f"at task 0 holds in {row.cells}/{row.cells} cells") in line
+            else:
+                assert f"{'from task 1 on' if tasks == '1+' else 'at task 0'} fails on " in line
+        assert line.endswith("(only 2 seeds: indicative)")
 
 
 def test_no_interval_or_band_from_fewer_than_three_seeds(report, tmp_path):
@@ -131,8 +140,10 @@ def test_no_interval_or_band_from_fewer_than_three_seeds(report, tmp_path):
     from benchmark.report.stats import mean_ci
 
     forgetting_shown, claims_shown = markdown_tables((report / "README.md").read_text())[1:3]
-    for cell in [*forgetting_shown["ACC %"], *claims_shown.fc1]:
+    for cell in forgetting_shown["ACC %"]:
         assert cell.endswith("(n < 3)") and "[" not in cell
+    values = re.findall(r"-?\d\.\d\d(?: \[[^]]*\]| \(n < 3\))?", " ".join(claims_shown["in detail"]))
+    assert values and all(v.endswith("(n < 3)") for v in values)
     svg = (report / "acc_curves.svg").read_text()
     ticks = re.findall(r"<!-- (\d+(?:\.\d+)?) -->", svg.split("after training task")[0])
     assert ticks == ["0", "1", "2"]
@@ -212,38 +223,23 @@ def test_correlation_summary_matches_the_runs(sweep_store, report, tmp_path):
 
 
 def test_claim_verdicts_follow_from_the_numbers(sweep_store, report, tmp_path):
-    claims = pd.read_csv(report / "claims.csv")
+    """Two seeds: each (layer, task) cell's mean decides; claims.csv counts the cells where it is above the
+    threshold, task 0 apart, and its verdict is holds only if every cell holds (else fails: no interval, no
+    undecided), marked indicative."""
+    claims = pd.read_csv(report / "claims.csv", dtype={"tasks": str})
     c = mas_driven_correlations(sweep_store, tmp_path)
     c = c[(c.kind == "accumulated") & (c.param == "weight") & (c.method == "pearson")]
 
-    def lowest_layer_minimum(a, b):
-        pair = c[(c.estimator_a == a) & (c.estimator_b == b)]
-        return pair.groupby(["layer", "task"]).value.mean().groupby("layer").min().min()
-
-    mas_claims = claims[claims.driver == "mas"].set_index("claim")
+    mas_claims = claims[claims.driver == "mas"].set_index(["claim", "tasks"])
     for claim, (a, b, threshold) in {"MAS–FIS > 0.8 on all layers and tasks": ("fis", "mas", 0.8),
                                      "MAS–SI > 0.8": ("mas", "si", 0.8), "FIS–SI > 0.75": ("fis", "si", 0.75)}.items():
-        assert bool(mas_claims.loc[claim, "holds"]) == (lowest_layer_minimum(a, b) > threshold), claim
-        # two seeds: the verdict must say it is only indicative
-        assert "only 2 seeds: indicative" in mas_claims.loc[claim, "verdict"]
-
-
-def test_claim_logic_on_constructed_correlations():
-    """Verdicts on numbers made to hold or fail, independent of any training run."""
-    def table(values):  # values[(a, b)] = per-layer correlation, same for every task and seed
-        rows = [(seed, layer, task, a, b, "pearson", v[i]) for (a, b), v in values.items()
-                for i, layer in enumerate(["fc1", "fc2", "fc3"]) for task in range(3) for seed in range(3)]
-        return pd.DataFrame(rows, columns=["seed", "layer", "task", "estimator_a", "estimator_b", "method", "value"])
-
-    good = {("fis", "mas"): [0.9, 0.9, 0.9], ("fis", "mas^2"): [0.95, 0.95, 0.95], ("mas", "si"): [0.85] * 3,
-            ("fis", "si"): [0.8] * 3, ("fis", "sig"): [0.6, 0.2, -0.1], ("mas", "sig"): [0.6, 0.3, -0.2],
-            ("si", "sig"): [0.55, 0.1, -0.3]}
-    assert all(r.holds and r.verdict == "holds" for r in check_claims(table(good)))
-    bad = {**good, ("fis", "mas"): [0.9, 0.79, 0.9], ("si", "sig"): [0.55, 0.1, 0.05]}
-    verdicts = {r.claim: r.holds for r in check_claims(table(bad))}
-    assert not verdicts["MAS–FIS > 0.8 on all layers and tasks"]
-    assert not verdicts["SIG vs MAS/FIS/SI ≈ 0.6 on the first layer, falling to negative on the output layer"]
-    assert verdicts["MAS–SI > 0.8"]
+        means = c[(c.estimator_a == a) & (c.estimator_b == b)].groupby(["layer", "task"]).value.mean()
+        for tasks, cells in (("0", means[means.index.get_level_values("task") == 0]),
+                             ("1+", means[means.index.get_level_values("task") > 0])):
+            row = mas_claims.loc[(claim, tasks)]
+            assert (row.cells_holding, row.cells) == ((cells > threshold).sum(), len(cells)), (claim, tasks)
+            assert row.verdict == ("holds" if (cells > threshold).all() else "fails")
+            assert row.indicative and row.seeds == 2
 
 
 def test_mean_ci_is_the_t_interval():

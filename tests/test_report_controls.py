@@ -76,25 +76,41 @@ def test_controls_side_by_side_with_paired_differences(stores, tmp_path):
 
 
 def test_two_protocols_judged_side_by_side(stores, tmp_path):
+    """Every number per protocol (none pooled over both), each claim's verdict as the protocol's own report says
+    it, and each driver both ran compared paired by seed."""
     uri, smoke, smoke2 = stores
     both = report_on(uri, tmp_path / "both", smoke, smoke2)
     summary = (both / "README.md").read_text().split("## Forgetting")[0]
     assert "Sweeps of 2 protocols (smoke, smoke2)" in summary
-    verdicts = markdown_tables(summary)[1].set_index("claim")  # the second table: claims per protocol
-    assert list(verdicts.columns) == ["smoke", "smoke2"]
+    sensitivity, verdicts = (table.set_index("claim") for table in markdown_tables(summary)[1:3])
+    assert list(sensitivity.columns) == list(verdicts.columns) == ["smoke", "smoke2"]
+    forgetting = pd.read_csv(both / "forgetting.csv").set_index(["protocol", "driver"])
     for protocol, sweep in (("smoke", smoke), ("smoke2", smoke2)):
-        alone = pd.read_csv(report_on(uri, tmp_path / protocol, sweep) / "claims.csv")
-        alone = alone[alone.driver == "mas"].set_index("claim").verdict
-        assert list(verdicts.index) == list(alone.index)
-        for claim, verdict in alone.items():
-            assert verdicts.loc[claim, protocol].startswith(f"{verdict} — "), (protocol, claim)
+        alone = (report_on(uri, tmp_path / protocol, sweep) / "README.md").read_text().split("## Forgetting")[0]
+        lines = dict(re.findall(r"^- (.+?): (.+)$", alone.split("On this report's measure")[1], re.M))
+        assert list(verdicts.index) == list(lines)
+        for claim, line in lines.items():
+            assert verdicts.loc[claim, protocol] == line, (protocol, claim)
         acc = acc_by_seed(uri, f"pmnist-{protocol}", "mas", tmp_path)
         assert markdown_tables(summary)[0].set_index("driver").loc["mas", f"ACC % ({protocol})"] == \
             f"{100 * np.mean(list(acc.values())):.2f} (n < 3)"
+        assert forgetting.loc[(protocol, "mas"), "n"] == 2
     controls = pd.read_csv(both / "controls.csv")
     assert set(zip(controls.protocol, controls.driver)) == {("smoke", d) for d in ["mas", *CONTROLS]} | {
         ("smoke2", "mas"), ("smoke2", "shuffled-mas")}
     assert re.search(r"^mas \(protocol smoke2\):$", (both / "README.md").read_text(), re.M)
+
+    differences = pd.read_csv(both / "paired_differences.csv")
+    assert set(differences.driver) == {"mas", "shuffled-mas"}
+    for driver in ("mas", "shuffled-mas"):
+        first, second = (acc_by_seed(uri, f"pmnist-{p}", driver, tmp_path) for p in ("smoke", "smoke2"))
+        paired = [second[seed] - first[seed] for seed in (0, 1)]
+        (row,) = differences[(differences.driver == driver) & (differences.measure == "ACC")].to_dict("records")
+        low, high = stats.t.interval(0.95, 1, loc=np.mean(paired), scale=stats.sem(paired))
+        assert (row["protocol A"], row["protocol B"], row["n"]) == ("smoke", "smoke2", 2)
+        assert (row["mean"], row["ci_low"], row["ci_high"]) == (pytest.approx(np.mean(paired)), pytest.approx(low),
+                                                                pytest.approx(high))
+        assert f"- {driver}: smoke2 − smoke: {100 * np.mean(paired):.2f} (n < 3) over 2 seeds" in summary
 
 
 def test_repeated_experiment_reports_each_ones_latest_sweep_side_by_side(stores, tmp_path, capsys):

@@ -3,7 +3,8 @@ surfaces from your own runs, and its claims checked — as report/index.html, re
 also logged to the sweep's MLflow parent run.
 
 The pages lead with the answers (a summary: ACC per driver beside the author's, the paper's claims for the paper's
-driver), then the details, each section with its figures; they are rendered from templates (render.py).
+driver), then the details, each section with its figures; they are rendered from templates (render.py). Sweeps of
+several protocols are reported per protocol, and compared only by differences paired by seed.
 
 Reads only the artifact contract of `benchmark run` (config.json, accuracy_matrix.csv, correlations.csv).
 """
@@ -26,16 +27,21 @@ from benchmark.report.stats import (
     MIN_SEEDS,
     PAPER_ACC,
     PAPER_ACC_PROTOCOLS,
+    SENSITIVITY,
+    TASK_GROUPS,
     ClaimResult,
     Estimate,
     accuracy_curves,
     check_claims,
+    claims_sensitivity,
     control_table,
     controlled_estimators,
     correlation_summary,
     forgetting_table,
     layer_means,
     mean_accuracy_matrix,
+    protocol_differences,
+    sensitivity_headline,
 )
 from tracking import Store
 
@@ -63,57 +69,69 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
                          "changes (tag git_dirty): results/ publishes runs of committed code; rerun them on a clean "
                          "tree, or pass --allow-dirty")
     out.mkdir(parents=True, exist_ok=True)
-    protocols = sorted(set(sweep.cells.protocol))
-    protocol = protocols[0] if len(protocols) == 1 else "mixed"
+    protocols = protocol_order(sweep)
+    # Sweeps of several protocols: every table, interval and figure is per protocol (a seed's runs under two
+    # protocols are not independent draws of one thing); protocols meet only in differences paired by seed.
+    mixed = len(protocols) > 1
+    protocol = protocols[0] if not mixed else "mixed"
+    cells = {p: sweep.cells[sweep.cells.protocol == p] for p in protocols}
+    ran = {p: [d for d in sweep.drivers if d in set(cells[p].driver)] for p in protocols}
+    drivers = sorted(sweep.drivers, key=lambda d: (d != PAPER_DRIVER, sweep.drivers.index(d)))
+    lead = drivers[0]
+    # (a protocol whose sweep lacks the lead driver has no claims: they are not measured there)
+    led = [p for p in protocols if lead in ran[p]]
 
-    forgetting = forgetting_table(sweep.cells, sweep.accuracy, sweep.drivers, protocol)
+    forgetting_by_protocol = {p: forgetting_table(cells[p], sweep.accuracy, ran[p], p) for p in protocols}
+    forgetting = stacked(forgetting_by_protocol).fillna("")  # the author's ACC: only beside the protocols it fits
     chosen = sweep.correlations[(sweep.correlations.kind == kind) & (sweep.correlations.param == param)]
     summary = correlation_summary(sweep.correlations)
     pairs = list(dict.fromkeys(zip(chosen.estimator_a, chosen.estimator_b)))
-    drivers = sorted(sweep.drivers, key=lambda d: (d != PAPER_DRIVER, sweep.drivers.index(d)))
 
-    verdicts = {driver: check_claims(chosen[chosen.driver == driver]) for driver in drivers}
-    claims = pd.DataFrame([{"driver": driver, "claim": c.claim, "test": c.test, "measured (per layer)": c.measured,
-                            "verdict": c.verdict, "holds": c.holds}
-                           for driver, results in verdicts.items() for c in results])
-    # sweeps of several protocols: the answers per protocol, side by side (the detailed tables pool them)
-    mixed = len(protocols) > 1
-    # (a protocol whose sweep lacks the lead driver has no column: its claims are not measured)
-    lead_by_protocol = {p: check_claims(chosen[(chosen.driver == drivers[0]) & (chosen.protocol == p)])
-                        for p in protocols if drivers[0] in set(sweep.cells[sweep.cells.protocol == p].driver)} \
-        if mixed else {}
-    forgetting_by_protocol = {p: forgetting_table(sweep.cells[sweep.cells.protocol == p], sweep.accuracy,
-                                                  sweep.drivers, p) for p in protocols} if mixed else {}
+    def of(table: pd.DataFrame, p: str, driver: str) -> pd.DataFrame:
+        return table[(table.protocol == p) & (table.driver == driver)]
+
+    verdicts = {(p, d): check_claims(of(chosen, p, d)) for p in protocols for d in drivers if d in ran[p]}
+    claims = pd.DataFrame([{"protocol": p, "driver": d, **row} for (p, d), results in verdicts.items()
+                           for c in results for row in c.rows()])
+    sensitivity = {p: claims_sensitivity(of(sweep.correlations, p, lead)) for p in led}
     controls = []  # issue 13: each estimator beside its controls, per protocol
     for p in protocols:
-        cells = sweep.cells[sweep.cells.protocol == p]
-        for estimator in controlled_estimators([d for d in sweep.drivers if d in set(cells.driver)]):
-            controls.append(control_table(cells, sweep.accuracy, estimator).assign(protocol=p))
-    lead = chosen[chosen.driver == drivers[0]]
+        for estimator in controlled_estimators(ran[p]):
+            controls.append(control_table(cells[p], sweep.accuracy, estimator).assign(protocol=p))
+    differences = protocol_differences(sweep.cells, sweep.accuracy, protocols) if mixed else None
     overlap = sorted(m for m in set(chosen.method) if m.startswith("jaccard_top"))
-    beyond = {method: layer_means(lead, BEYOND_PAIRS, method) for method in ["pearson", *overlap]}
+    beyond = {method: stacked({p: layer_means(of(chosen, p, lead), BEYOND_PAIRS, method) for p in led})
+              for method in ["pearson", *overlap]}
 
-    curves = {d: accuracy_curves(sweep.cells, sweep.accuracy, d) for d in sweep.drivers}
     folder = figures.FigureFolder(out, **(figures.COMPACT if compact else {}))
-    acc_figure = figures.accuracy_curves(curves, folder)
-    matrix_figures = [figures.accuracy_matrix(mean_accuracy_matrix(sweep.cells, sweep.accuracy, driver), driver,
-                                              int((sweep.cells.driver == driver).sum()), folder)
-                      for driver in sweep.drivers]
+    named = {(p, d): (d if not mixed else f"{d} ({p})", p if mixed else None) for p in protocols for d in ran[p]}
+    acc_figure = figures.accuracy_curves({label: accuracy_curves(cells[p], sweep.accuracy, d)
+                                          for (p, d), (label, _) in named.items()}, folder)
+    matrix_figures = [figures.accuracy_matrix(mean_accuracy_matrix(cells[p], sweep.accuracy, d), d,
+                                              int((cells[p].driver == d).sum()), folder, in_stem)
+                      for (p, d), (_, in_stem) in named.items()]
     mine = summary[(summary.kind == kind) & (summary.param == param)]
     surface_figures, heatmap_figures = [], []
-    for driver in drivers:
-        title = (f"driver {driver}: Pearson correlation of {kind} importances over each layer's {param} entries, "
-                 f"mean over {int((sweep.cells.driver == driver).sum())} seed(s)")
-        surface_figures.append(figures.correlation_surfaces(mine[mine.driver == driver], pairs, driver, title, folder))
-        heatmap_figures.append(figures.correlation_heatmaps(mine[mine.driver == driver], pairs, driver, title, folder))
+    for p in protocols:
+        for driver in [d for d in drivers if d in ran[p]]:
+            title = (f"driver {driver}{f', protocol {p}' if mixed else ''}: Pearson correlation of {kind} "
+                     f"importances over each layer's {param} entries, mean over "
+                     f"{int((cells[p].driver == driver).sum())} seed(s)")
+            in_stem = named[(p, driver)][1]
+            surface_figures.append(figures.correlation_surfaces(of(mine, p, driver), pairs, driver, title, folder,
+                                                                in_stem))
+            heatmap_figures.append(figures.correlation_heatmaps(of(mine, p, driver), pairs, driver, title, folder,
+                                                                in_stem))
 
     summary_file = "correlations_summary.csv" + (".gz" if compact else "")  # pandas reads either
-    data_files = ["forgetting.csv", "claims.csv", summary_file]
+    data_files = ["forgetting.csv", "claims.csv", "claims_sensitivity.csv", summary_file]
     summary.to_csv(out / summary_file, index=False, float_format="%.6g" if compact else None)
     cells_table(sweep).to_csv(out / CELLS_FILE, index=False)
     data_files.append(CELLS_FILE)
     forgetting.astype(str).to_csv(out / "forgetting.csv", index=False)
     claims.to_csv(out / "claims.csv", index=False)
+    stacked({p: table.assign(driver=lead)[["driver", *table.columns]] for p, table in sensitivity.items()}).to_csv(
+        out / "claims_sensitivity.csv", index=False)
     for method, table in beyond.items():
         if len(table):
             table.astype(str).to_csv(out / f"beyond_{method}.csv", index=False)
@@ -121,28 +139,36 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
     if controls:
         controls_csv(controls).to_csv(out / "controls.csv", index=False)
         data_files.append("controls.csv")
+    if differences is not None and len(differences):
+        differences_csv(differences).to_csv(out / "paired_differences.csv", index=False)
+        data_files.append("paired_differences.csv")
 
     seeds = sorted(set(sweep.cells.seed))
-    sections = [summary_section(sweep, forgetting, verdicts, drivers[0], protocol, seeds, param, kind,
-                                forgetting_by_protocol, lead_by_protocol, controls)]
+    sections = [summary_section(sweep, forgetting_by_protocol, {p: verdicts[(p, lead)] for p in led}, sensitivity,
+                                lead, protocol, seeds, param, kind, controls, differences)]
     gaps = [f"missing: {m}" for m in sweep.missing] + [f"not finished: {m}" for m in sweep.not_finished]
     if gaps:
         sections.append(Section("Incomplete sweep", "incomplete", [Text("These cells are not in the report:"),
                                                                    Lines(gaps)]))
-    sections.append(forgetting_section(forgetting, Figures([acc_figure], folder.link),
+    sections.append(forgetting_section(forgetting, mixed, Figures([acc_figure], folder.link),
                                        Figures(matrix_figures, folder.link)))
+    if differences is not None and len(differences):
+        sections.append(differences_section(differences))
     if controls:
         sections.append(controls_section(controls, mixed))
-    sections.append(claims_section(verdicts, param, kind, Figures(surface_figures, folder.link),
+    sections.append(claims_section(verdicts, mixed, param, kind, Figures(surface_figures, folder.link),
                                    Figures(heatmap_figures, folder.link)))
+    if sensitivity:
+        sections.append(sensitivity_section(sensitivity, lead, mixed))
     for method, table in beyond.items():
         if len(table):
+            shown = table if mixed else table.drop(columns="protocol")
             sections.append(Section(f"Beyond the paper: {method}", f"beyond-{method}", [
-                Text(f"Driver {drivers[0]}; {method} of {kind} importances over each layer's {param} entries: per "
+                Text(f"Driver {lead}; {method} of {kind} importances over each layer's {param} entries: per "
                      f"seed the mean over tasks, then the mean [95% t-interval] over seeds (an interval from "
                      f"{MIN_SEEDS} seeds on). All digits: beyond_{method}.csv."),
-                Table(list(table.columns), [[cell if isinstance(cell, str) else cell.short() for cell in row]
-                                            for row in table.itertuples(index=False)])]))
+                Table(list(shown.columns), [[cell if isinstance(cell, str) else cell.short() for cell in row]
+                                            for row in shown.itertuples(index=False)])]))
     sections.append(Section("About this report", "about", [Table(["", ""], about(sweep, store, protocol, command))]))
 
     report_options = (" --compact" if compact else "") + (f" --param {param}" if param != "weight" else "") + \
@@ -155,45 +181,59 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
     return out / "index.html"
 
 
-def claim_headline(result: ClaimResult) -> str:
-    """What decides a claim, in a few words: the lowest minimum over tasks, or (for SIG) first → last layer."""
-    if result.measurements[0].at_task is not None:
-        layer, m = min(((layer, m) for m in result.measurements for layer in m.values),
-                       key=lambda item: item[1].values[item[0]].mean)
-        return f"lowest: {m.pair}, {layer} {m.values[layer].short()} at task {m.at_task[layer]}"
-    return "; ".join(f"{m.pair} " + " → ".join(f"{layer} {e.mean:.2f}" for layer, e in m.values.items())
-                     for m in result.measurements)
+def protocol_order(sweep: Sweep) -> list[str]:
+    """The protocols of the sweep in the order its sweeps were given (the first is the one the others are paired
+    against), then any others (cells chosen by --runs) by name."""
+    present = set(sweep.cells.protocol)
+    given = [p.tags.get("protocol") for p in sweep.parents]
+    return [p for p in dict.fromkeys([*given, *sorted(present)]) if p in present]
 
 
-def summary_section(sweep: Sweep, forgetting: pd.DataFrame, verdicts: dict[str, list[ClaimResult]], lead: str,
-                    protocol: str, seeds: list[int], param: str, kind: str,
-                    forgetting_by_protocol: dict[str, pd.DataFrame], lead_by_protocol: dict[str, list[ClaimResult]],
-                    controls: list[pd.DataFrame]) -> Section:
-    """The answers: ACC per driver (per protocol if the sweeps have several), the controls' paired differences,
-    the paper's claims for the paper's driver (per protocol side by side if several)."""
+def stacked(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per-protocol tables as one, a protocol column first."""
+    return pd.concat([table.assign(protocol=p)[["protocol", *table.columns]] for p, table in tables.items()],
+                     ignore_index=True) if tables else pd.DataFrame(columns=["protocol"])
+
+
+def summary_section(sweep: Sweep, forgetting_by_protocol: dict[str, pd.DataFrame],
+                    lead_claims: dict[str, list[ClaimResult]], sensitivity: dict[str, pd.DataFrame], lead: str,
+                    protocol: str, seeds: list[int], param: str, kind: str, controls: list[pd.DataFrame],
+                    differences: pd.DataFrame | None) -> Section:
+    """The answers: ACC per driver (per protocol if the sweeps have several, and each driver's difference between
+    protocols paired by seed), the controls' paired differences, the paper's claims for the paper's driver —
+    first across the ways of measuring a correlation, then on the report's own measure (per protocol side by side
+    if several)."""
     experiments = ", ".join(sorted({p.experiment for p in sweep.parents} or {sweep.experiment}))
     blocks = [Text(f"Experiment {experiments}, protocol {protocol}: {len(sweep.drivers)} driver"
                    f"{'s' if len(sweep.drivers) != 1 else ''}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
                    f"({', '.join(map(str, seeds))}). Where these numbers come from: the sections below.")]
+    mixed = len(forgetting_by_protocol) > 1
     warnings = []
-    if forgetting.n.min() < MIN_SEEDS:
+    if min(table.n.min() for table in forgetting_by_protocol.values()) < MIN_SEEDS:
         warnings.append(f"Fewer than {MIN_SEEDS} seeds (n < {MIN_SEEDS}): no intervals are shown, and every "
                         "verdict is only indicative.")
     if sweep.missing or sweep.not_finished:
         warnings.append(f"Incomplete sweep: {len(sweep.missing) + len(sweep.not_finished)} cell(s) missing or not "
                         "finished (listed below).")
-    if forgetting_by_protocol:
+    if mixed:
         warnings.append(f"Sweeps of {len(forgetting_by_protocol)} protocols ({', '.join(forgetting_by_protocol)}): "
-                        "the ACC and the claims here are per protocol; the detailed tables below pool each driver's "
-                        "cells across protocols.")
+                        "every number here and below is per protocol; protocols are compared only by differences "
+                        "paired by seed.")
     if warnings:
         blocks.append(Lines(warnings))
-    if forgetting_by_protocol:
-        acc = {p: table.set_index("driver").ACC for p, table in forgetting_by_protocol.items()}
+    if mixed:
+        acc = {p: dict(zip(table.driver, table.ACC)) for p, table in forgetting_by_protocol.items()}
         blocks.append(Table(["driver", *[f"ACC % ({p})" for p in acc]],
-                            [[driver, *[column[driver].short(100) for column in acc.values()]]
-                             for driver in forgetting.driver]))
+                            [[driver, *[column[driver].short(100) if driver in column else "–"
+                                        for column in acc.values()]] for driver in sweep.drivers]))
+        if len(differences):
+            blocks.append(Text("Each driver under one protocol minus under the first, ACC in points, paired by seed: "
+                               "mean [95% t-interval] over the seeds both ran (section Paired differences):"))
+            blocks.append(Lines([f"{row['driver']}: {row['protocol B']} − {row['protocol A']}: "
+                                 f"{row['ACC'].short(100)} over {row['ACC'].n} seeds"
+                                 for row in differences.to_dict("records")]))
     else:
+        (forgetting,) = forgetting_by_protocol.values()
         author = protocol in PAPER_ACC_PROTOCOLS
         blocks.append(Table(["driver", "ACC % (mean [95% t-interval] over seeds)"] + ([AUTHOR_ACC] if author else []),
                             [[row.driver, row.ACC.short(100)] + ([PAPER_ACC.get(row.driver, "–")] if author else [])
@@ -201,22 +241,37 @@ def summary_section(sweep: Sweep, forgetting: pd.DataFrame, verdicts: dict[str, 
     if controls:
         blocks.append(Text("Controls: each control's ACC minus its estimator's on the same seed, mean over seeds, in "
                            "points (details: section Controls):"))
-        in_protocol = (lambda row: f" ({row['protocol']})") if forgetting_by_protocol else (lambda row: "")
+        in_protocol = (lambda row: f" ({row['protocol']})") if mixed else (lambda row: "")
         blocks.append(Lines([f"{row['driver']} − {row['estimator']}{in_protocol(row)}: "
-                             f"{paired_difference(row, 'ACC').short(100)}"
+                             f"{control_difference(row, 'ACC').short(100)}"
                              for table in controls for row in table.to_dict("records")
-                             if paired_difference(row, "ACC") is not None]))
+                             if control_difference(row, "ACC") is not None]))
+    if not lead_claims:
+        return Section("Summary", "summary", blocks)
     why = "" if lead == PAPER_DRIVER else f" (the paper's driver, {PAPER_DRIVER}, is not in this report)"
-    blocks.append(Text(f"The paper's claims for driver {lead}{why}, on Pearson correlations of {kind} importances "
-                       f"over each layer's {param} entries:"))
-    if lead_by_protocol:
-        claims = [c.claim for c in next(iter(lead_by_protocol.values()))]
-        by_claim = {p: {c.claim: c for c in results} for p, results in lead_by_protocol.items()}
-        blocks.append(Table(["claim", *lead_by_protocol],
-                            [[claim, *[f"{by_claim[p][claim].verdict} — {claim_headline(by_claim[p][claim])}"
-                                       for p in lead_by_protocol]] for claim in claims]))
+    claims = [c.claim for c in next(iter(lead_claims.values()))]
+    blocks.append(Text(f"The paper's claims for driver {lead}{why}, each judged per (layer, task) cell on its 95% "
+                       "t-interval over seeds, task 0 (before any penalty has acted) apart. Across the "
+                       f"{len(SENSITIVITY)} ways of measuring the correlations (Pearson or Spearman × accumulated "
+                       "or per-task increment importances × weights alone or weights and biases; section "
+                       "Sensitivity of the claims):"))
+    if mixed:
+        blocks.append(Table(["claim", *sensitivity], [[claim, *[sensitivity_headline(table, claim)
+                                                                for table in sensitivity.values()]]
+                                                      for claim in claims]))
     else:
-        blocks.append(Lines([f"{c.claim}: {c.verdict} — {claim_headline(c)}" for c in verdicts[lead]]))
+        (table,) = sensitivity.values()
+        blocks.append(Lines([f"{claim}: {sensitivity_headline(table, claim)}" for claim in claims]))
+    blocks.append(Text(f"On this report's measure, Pearson correlations of {kind} importances over each layer's "
+                       f"{param} entries (section The paper's claims):"))
+    if mixed:
+        by_claim = {p: {c.claim: c for c in results} for p, results in lead_claims.items()}
+        blocks.append(Table(["claim", *lead_claims], [[claim, *[by_claim[p][claim].summary() if claim in by_claim[p]
+                                                                 else "–" for p in lead_claims]]
+                                                       for claim in claims]))
+    else:
+        (results,) = lead_claims.values()
+        blocks.append(Lines([f"{c.claim}: {c.summary()}" for c in results]))
     return Section("Summary", "summary", blocks)
 
 
@@ -228,7 +283,7 @@ def controls_csv(controls: list[pd.DataFrame]) -> pd.DataFrame:
         for row in table.to_dict("records"):
             for key in MEASURES:
                 for quantity, e in (("value", row[key]), (f"minus {row['estimator']}, paired by seed",
-                                                          paired_difference(row, key))):
+                                                          control_difference(row, key))):
                     if e is not None:
                         rows.append({"protocol": row["protocol"], "estimator": row["estimator"],
                                      "driver": row["driver"], "measure": key, "quantity": quantity, "mean": e.mean,
@@ -236,7 +291,7 @@ def controls_csv(controls: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_difference(row: dict, key: str) -> Estimate | None:
+def control_difference(row: dict, key: str) -> Estimate | None:
     """A control_table row's paired difference of one measure (None for the estimator's own row)."""
     return row[f"{key} − {row['estimator']} (paired)"]
 
@@ -254,26 +309,46 @@ def controls_section(controls: list[pd.DataFrame], mixed: bool) -> Section:
         blocks.append(Table(["driver", "n", "ACC %", "BWT (points)", "forgetting (points)",
                              *[f"{key} − {estimator} (paired)" for key in MEASURES]],
                             [[row["driver"], str(row["n"]), *[row[key].short(100) for key in MEASURES],
-                              *[paired_difference(row, key).short(100) if paired_difference(row, key) is not None
+                              *[control_difference(row, key).short(100) if control_difference(row, key) is not None
                                 else "–" for key in MEASURES]]
                              for row in table.to_dict("records")]))
     return Section("Controls", "controls", blocks)
 
 
-def forgetting_section(forgetting: pd.DataFrame, acc_figure: Figures, matrix_figures: Figures) -> Section:
+def differences_csv(differences: pd.DataFrame) -> pd.DataFrame:
+    """The paired differences between protocols, long and in full precision: per driver, pair of protocols and
+    measure, B − A paired by seed."""
+    return pd.DataFrame([{"driver": row["driver"], "protocol A": row["protocol A"], "protocol B": row["protocol B"],
+                          "measure": key, "mean": row[key].mean, "ci_low": row[key].low, "ci_high": row[key].high,
+                          "n": row[key].n} for row in differences.to_dict("records") for key in MEASURES])
+
+
+def differences_section(differences: pd.DataFrame) -> Section:
+    return Section("Paired differences", "paired-differences", [
+        Text("The same driver under two protocols: protocol B minus protocol A (the first given) on the same seed — "
+             "the same data, permutations and initial weights — mean over the seeds both ran and its 95% t-interval "
+             f"over them (t with n − 1 degrees of freedom; an interval from {MIN_SEEDS} seeds on), ACC in points. "
+             "BWT and forgetting too, all digits: paired_differences.csv."),
+        Table(["driver", "protocol A", "protocol B", "n seeds", "ACC B − A (points) [95% t-interval]"],
+              [[row["driver"], row["protocol A"], row["protocol B"], str(row["ACC"].n), row["ACC"].short(100)]
+               for row in differences.to_dict("records")]),
+    ])
+
+
+def forgetting_section(forgetting: pd.DataFrame, mixed: bool, acc_figure: Figures, matrix_figures: Figures) -> Section:
     author = AUTHOR_ACC if any(c.startswith("paper ACC") for c in forgetting.columns) else None
     rows = []
     for row in forgetting.to_dict("records"):
         author_acc = [f"{v} %" if (v := row[c]) else "–" for c in forgetting.columns if c.startswith("paper ACC")]
-        rows.append([row["driver"], str(row["n"]), row["λ"], row["ACC"].short(100), row["BWT"].short(100),
-                     row["forgetting"].short(100), *author_acc])
+        rows.append([*([row["protocol"]] if mixed else []), row["driver"], str(row["n"]), row["λ"],
+                     row["ACC"].short(100), row["BWT"].short(100), row["forgetting"].short(100), *author_acc])
     return Section("Forgetting", "forgetting", [
         Text("Per driver, over seeds: mean and 95% t-interval (from 3 seeds on; n seeds) of ACC (mean accuracy over "
              "all tasks after the last), BWT and forgetting, in percent (points), from each run's "
              "accuracy_matrix.csv. λ and its source (default: shipped protocol, config: your file, user: --lambda, "
              "tuned: Optuna). Three decimals of the fractions, intervals from 2 seeds on: forgetting.csv."),
-        Table(["driver", "n", "λ", "ACC %", "BWT (points)", "forgetting (points)"] + ([author] if author else []),
-              rows),
+        Table([*(["protocol"] if mixed else []), "driver", "n", "λ", "ACC %", "BWT (points)", "forgetting (points)"]
+              + ([author] if author else []), rows),
         Text("ACC after each task: the mean test accuracy over the tasks seen so far, with 95% t-interval bands "
              f"where a driver has {MIN_SEEDS} seeds or more."),
         acc_figure,
@@ -282,32 +357,36 @@ def forgetting_section(forgetting: pd.DataFrame, acc_figure: Figures, matrix_fig
     ])
 
 
-def claims_section(verdicts: dict[str, list[ClaimResult]], param: str, kind: str, surface_figures: Figures,
-                   heatmap_figures: Figures) -> Section:
-    drivers = list(verdicts)
-    results = {(c.claim, driver): c for driver in drivers for c in verdicts[driver]}
-    claims = list(dict.fromkeys(c.claim for c in verdicts[drivers[0]]))
-    layers = list(dict.fromkeys(layer for c in results.values() for m in c.measurements for layer in m.values))
+def group_verdict(result: ClaimResult, tasks: str) -> str:
+    """"holds (27/27 cells)", "–" where the claim has no cell of that task group."""
+    if not result.group(tasks):
+        return "–"
+    indicative = "; indicative" if result.indicative else ""
+    return f"{result.verdict(tasks)} ({result.holding(tasks)}/{len(result.group(tasks))} cells{indicative})"
+
+
+def claims_section(verdicts: dict[tuple[str, str], list[ClaimResult]], mixed: bool, param: str, kind: str,
+                   surface_figures: Figures, heatmap_figures: Figures) -> Section:
+    results = {(c.claim, p, driver): c for (p, driver), claims in verdicts.items() for c in claims}
+    claims = list(dict.fromkeys(claim for claim, _, _ in results))
     rows = []
     for claim in claims:
-        for driver in drivers:
-            result = results[(claim, driver)]
-            for i, m in enumerate(result.measurements):
-                tasks = ("mean over tasks" if m.at_task is None else
-                         " · ".join(f"{layer} {m.at_task[layer]}" for layer in layers if layer in m.at_task))
-                first_of_claim = i == 0 and driver == drivers[0]
-                rows.append([claim if first_of_claim else "", driver if i == 0 else "", m.pair,
-                             *[m.values[layer].short() if layer in m.values else "–" for layer in layers],
-                             tasks, result.verdict if i == 0 else ""])
-    tests = list(dict.fromkeys(f"{c.claim}: {c.test}." for c in verdicts[drivers[0]]))
+        for i, (p, driver) in enumerate(key for key in verdicts if (claim, *key) in results):
+            result = results[(claim, p, driver)]
+            rows.append([claim if i == 0 else "", *([p] if mixed else []), driver,
+                         group_verdict(result, "1+"), group_verdict(result, "0"), result.summary()])
+    tests = list(dict.fromkeys(f"{c.claim}: {c.test}." for c in results.values()))
     return Section("The paper's claims", "claims", [
         Text(f"Judged on the Pearson correlations of {kind} importances over each layer's {param} entries; the "
-             f"paper's own runs are driven by {PAPER_DRIVER}. One row per claim and driver (the SIG claim: one per "
-             "pair), the claim named on its first row; per layer the value the test reads, mean over seeds [95% "
-             f"t-interval] (an interval from {MIN_SEEDS} seeds on); the last column but one: the task where the "
-             "minimum over tasks is, per layer. Three decimals: claims.csv."),
-        Table(["claim", "driver", "pair", *layers, "task of the minimum", "verdict"], rows,
-              notes=[3 + len(layers)]),
+             f"paper's own runs are driven by {PAPER_DRIVER}. Each (layer, task) cell — for the SIG trend each "
+             "(pair, task) — gets a verdict from its mean over seeds and 95% t-interval: holds when the whole interval "
+             "satisfies the claim, fails when none of it does, undecided when it contains the threshold (with fewer "
+             f"than {MIN_SEEDS} seeds the mean decides, and the verdict is only indicative). A claim holds in a group "
+             "of tasks when every cell does, fails when any cell fails, else is undecided; task 0, before any "
+             "penalty has acted, is judged apart from tasks 1 on. Every cell that does not hold, with its value: "
+             "claims.csv."),
+        Table(["claim", *(["protocol"] if mixed else []), "driver", "from task 1 on", "at task 0", "in detail"], rows,
+              notes=[len(rows[0]) - 1] if rows else []),
         Text("The tests:"),
         Lines(tests),
         Text("Correlation surfaces: for every pair of estimators (and fis–mas², √fis–mas), the Pearson correlation "
@@ -318,6 +397,39 @@ def claims_section(verdicts: dict[str, list[ClaimResult]], param: str, kind: str
              f"{MIN_SEEDS} seeds on). All values, for every kind and param: correlations_summary.csv."),
         heatmap_figures,
     ])
+
+
+SENSITIVITY_WORDS = {"pearson": "Pearson", "spearman": "Spearman", "accumulated": "accumulated",
+                     "increment": "per-task increment", "weight": "weights", "all": "weights and biases"}
+
+
+def sensitivity_section(sensitivity: dict[str, pd.DataFrame], lead: str, mixed: bool) -> Section:
+    blocks = [Text(f"Driver {lead}: every claim judged as in section The paper's claims, in each of the "
+                   f"{len(SENSITIVITY)} ways of measuring the correlations the paper's wording leaves open — Pearson "
+                   "or Spearman, importances accumulated over the tasks so far or the task's own increment, over a "
+                   "layer's weights alone or its weights and biases together. Per way and task group: the verdict "
+                   "(cells where the claim holds / cells). Squaring keeps the ranks, so under Spearman corr(FIS, "
+                   "MAS²) equals corr(FIS, MAS) exactly and that claim cannot hold there. All rows: "
+                   "claims_sensitivity.csv.")]
+    for p, table in sensitivity.items():
+        if mixed:
+            blocks.append(Text(f"Protocol {p}:"))
+        rows = []
+        for claim in dict.fromkeys(table.claim):
+            named = False  # the claim is named on its first row
+            for method, kind, param in SENSITIVITY:
+                mine = table[(table.claim == claim) & (table.method == method) & (table.kind == kind)
+                             & (table.param == param)].set_index("tasks")
+                if not len(mine):
+                    continue
+                rows.append(["" if named else claim, SENSITIVITY_WORDS[method], SENSITIVITY_WORDS[kind],
+                             SENSITIVITY_WORDS[param],
+                             *[f"{mine.verdict[t]} ({mine.cells_holding[t]}/{mine.cells[t]})" if t in mine.index
+                               else "–" for t in TASK_GROUPS]])
+                named = True
+        blocks.append(Table(["claim", "correlation", "importances", "entries", *TASK_GROUPS.values()], rows))
+        blocks.append(Lines([f"{claim}: {sensitivity_headline(table, claim)}" for claim in dict.fromkeys(table.claim)]))
+    return Section("Sensitivity of the claims", "sensitivity", blocks)
 
 
 def shown_path(path: Path) -> Path:

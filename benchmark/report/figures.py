@@ -38,7 +38,12 @@ def _save(fig, out: FigureFolder, stem: str) -> str:
     return stem
 
 
-def accuracy_matrix(R: np.ndarray, driver: str, n: int, out: FigureFolder) -> str:
+def _stem(kind: str, driver: str, protocol: str | None) -> str:
+    """A figure's file stem: one per driver, and per protocol where a report holds several."""
+    return f"{kind}_{driver}" + (f"_{protocol}" if protocol else "")
+
+
+def accuracy_matrix(R: np.ndarray, driver: str, n: int, out: FigureFolder, protocol: str | None = None) -> str:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     image = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
     for i in range(R.shape[0]):
@@ -49,9 +54,10 @@ def accuracy_matrix(R: np.ndarray, driver: str, n: int, out: FigureFolder) -> st
     ax.set_yticks(range(R.shape[0]))
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("after training task i")
-    ax.set_title(f"accuracy matrix R[i, j] (%), driver {driver}, mean of {n} seed{'s' if n != 1 else ''}")
+    ax.set_title(f"accuracy matrix R[i, j] (%), driver {driver}{f', protocol {protocol}' if protocol else ''}, "
+                 f"mean of {n} seed{'s' if n != 1 else ''}")
     fig.colorbar(image, ax=ax, shrink=0.8)
-    return _save(fig, out, f"accuracy_matrix_{driver}")
+    return _save(fig, out, _stem("accuracy_matrix", driver, protocol))
 
 
 def accuracy_curves(curves: dict[str, list[Estimate]], out: FigureFolder) -> str:
@@ -89,7 +95,7 @@ def _grid(summary: pd.DataFrame, a: str, b: str, method: str) -> tuple[list[str]
 
 
 def correlation_surfaces(summary: pd.DataFrame, pairs: list[tuple[str, str]], driver: str, title: str,
-                         out: FigureFolder) -> str:
+                         out: FigureFolder, protocol: str | None = None) -> str:
     """The paper's Fig. 1–7: Pearson correlation as a surface over (layer, task), one panel per pair."""
     columns = 4
     rows = int(np.ceil(len(pairs) / columns))
@@ -106,11 +112,11 @@ def correlation_surfaces(summary: pd.DataFrame, pairs: list[tuple[str, str]], dr
         ax.set_title(f"{a} – {b}", fontsize=10)
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, out, f"correlation_surfaces_{driver}")
+    return _save(fig, out, _stem("correlation_surfaces", driver, protocol))
 
 
 def correlation_heatmaps(summary: pd.DataFrame, pairs: list[tuple[str, str]], driver: str, title: str,
-                         out: FigureFolder) -> str:
+                         out: FigureFolder, protocol: str | None = None) -> str:
     """Pearson and Spearman side by side per pair, each cell the mean over seeds ± half the 95% interval (where
     there are MIN_SEEDS seeds or more)."""
     # constrained layout keeps the suptitle clear of the first row's titles (tight_layout ignores it)
@@ -130,4 +136,4 @@ def correlation_heatmaps(summary: pd.DataFrame, pairs: list[tuple[str, str]], dr
     axes[-1, 0].set_xlabel("task")
     axes[-1, 1].set_xlabel("task")
     fig.suptitle(title, fontsize=11)
-    return _save(fig, out, f"correlation_heatmaps_{driver}")
+    return _save(fig, out, _stem("correlation_heatmaps", driver, protocol))
