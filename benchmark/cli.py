@@ -177,6 +177,21 @@ def make_parser() -> Parser:
     curve.add_argument("--allow-dirty", action="store_true",
                        help="write under results/ from a working tree with uncommitted changes (recorded per run)")
 
+    sparsify = commands.add_parser("sparsify", parents=[training], help="accuracy as the weights are zeroed in the "
+                                   "order of each importance (sparsification curves), into experiment sparsify")
+    sparsify.set_defaults(protocol="sparsify")
+    sparsify.add_argument("--seeds", type=int_at_least(1), help="number of seeds (default 5)")
+    sparsify.add_argument("--first-seed", type=int_at_least(0), help="seeds are first-seed … first-seed+seeds-1 "
+                          "(default 0)")
+    sparsify.add_argument("--from-run", metavar="RUN_ID", help="instead of training: a cell run of `run "
+                          "--log-importances all`, after --task, read on each of its tasks up to it")
+    sparsify.add_argument("--task", type=int_at_least(0), help="with --from-run: after which task (default its last)")
+    sparsify.add_argument("--out", default="sparsify", help="folder for the figure, tables and README (default "
+                          "./sparsify)")
+    sparsify.add_argument("--allow-dirty", action="store_true",
+                          help="write under results/ although the code has uncommitted changes (the README says so)")
+    sparsify.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (as for run)")
+
     report = commands.add_parser("report", help="figures, tables and the paper's claims from a sweep's runs")
     report.add_argument("--experiment", action="append", metavar="NAME",
                         help="report on the latest sweep of this experiment; repeat to put several side by side "
@@ -427,6 +442,37 @@ def command_lambda_curve(args) -> int:
     return 0
 
 
+def command_sparsify(args) -> int:
+    from pathlib import Path
+
+    if args.from_run is None and args.task is not None:
+        raise UsageError("--task needs --from-run")
+    given = [flag for flag, value in (("--seeds", args.seeds), ("--first-seed", args.first_seed),
+                                      ("--config", args.config), ("--dataset", args.dataset)) if value is not None]
+    if args.from_run is not None and (given or args.protocol != "sparsify"):
+        raise UsageError(f"--from-run takes the run's own protocol and seed: drop {(given or ['--protocol'])[0]}")
+    refuse_dirty_results(args.out, args.allow_dirty)
+    from benchmark import sparsify  # after the checks of the input: it imports torch
+    from benchmark.model import make_model
+
+    if args.from_run is None:
+        config = read_config(args)
+        sparsify.check_model(make_model(config.model))
+        first = args.first_seed or 0
+        seeds = list(range(first, first + (args.seeds or sparsify.DEFAULT_SEEDS)))
+        splits = load_data(config, args)
+        store = open_store(args)
+        sparsify.sparsify_trained(store, config, seeds, splits, command_line(), Path(args.out))
+    else:
+        store = open_store(args, must_exist=True)
+        logged = sparsify.read_logged_run(store, args.from_run, args.task)
+        sparsify.check_model(make_model(logged.config.model))
+        sparsify.sparsify_logged(store, logged, load_data(logged.config, args), command_line(), Path(args.out))
+    print(f"sparsification curves in experiment {sparsify.EXPERIMENT} of {store.uri}; summary in {args.out}/README.md",
+          file=sys.stderr)
+    return 0
+
+
 def refuse_dirty_results(out: str, allow_dirty: bool) -> bool:
     """Whether `out` lies in results/; a UsageError there if the working tree is dirty and that is not allowed."""
     from benchmark.environment import git_dirty, inside_results
@@ -474,6 +520,7 @@ def command_verify(args) -> int:
 
 
 COMMANDS = {"run": command_run, "tune": command_tune, "lambda-curve": command_lambda_curve, "report": command_report,
+            "sparsify": command_sparsify,
             "verify": command_verify}
 
 
