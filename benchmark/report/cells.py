@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.config import PROTOCOLS, Config, load_config
-from benchmark.correlations import PAPER_ESTIMATORS
+from benchmark.drivers import PAPER_ESTIMATORS
 from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS, PROTOCOL_SUFFIX
-from benchmark.errors import UsageError
+from benchmark.errors import UsageError, first_line
 from benchmark.report.collect import Sweep
 from benchmark.report.stats import MEASURES, run_measures
 
@@ -63,7 +63,7 @@ def read_cells(folder: Path) -> pd.DataFrame:
     try:
         cells = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is not a readable CSV: {str(e).strip().splitlines()[0]}") from None
+        raise UsageError(f"{path} is not a readable CSV: {first_line(e)}") from None
     missing = [c for c in REQUIRED if c not in cells.columns]
     if missing or cells.empty:
         raise UsageError(f"{path}: " + (f"no column {missing[0]!r}" if missing else "no cell"))
