@@ -8,7 +8,10 @@ the command line's help and its checks of a name need no model.
 """
 
 from benchmark import plugins
-from estimators.names import control_names
+from estimators.names import base_estimator, control_names
+
+__all__ = ["PAPER_ESTIMATORS", "PAPER_DRIVERS", "CURVE_DRIVERS", "base_estimator", "control_names", "drivers",
+           "estimator_drivers", "in_paper_order"]
 
 PAPER_ESTIMATORS = ("fis", "mas", "si", "sig")
 PAPER_DRIVERS = ("none", *PAPER_ESTIMATORS)  # `run --drivers paper`, the default, in the paper's order

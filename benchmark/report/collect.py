@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.drivers import in_paper_order
 from benchmark.environment import FINGERPRINT_KEYS
 from benchmark.errors import UsageError
 from tracking import RunRecord, Store, StoreError
@@ -27,9 +28,7 @@ class Sweep:
 
     @property
     def drivers(self) -> list[str]:
-        order = ["none", "fis", "mas", "si", "sig"]
-        present = set(self.cells["driver"])
-        return [d for d in order if d in present] + sorted(present - set(order))
+        return in_paper_order(self.cells["driver"])
 
 
 def latest_sweep(store: Store, experiment: str | None) -> RunRecord:

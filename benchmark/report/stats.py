@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from benchmark.drivers import base_estimator
 from benchmark.metrics import average_accuracy, backward_transfer, forgetting
 
 # The paper author's published results (aakutalev/ewc-features logs): average accuracy after 10 tasks,
@@ -99,16 +100,9 @@ def measure_difference(a: dict[int, dict], b: dict[int, dict], key: str) -> Esti
     return paired_difference({seed: m[key] for seed, m in a.items()}, {seed: m[key] for seed, m in b.items()})
 
 
-def controlled_estimator(driver: str) -> str | None:
-    """E for a control driver shuffled-E or layermean-E (estimators/controls.py names them so); None otherwise. Read
-    from the name, as the runs record it: the report reads artifacts and does not import the estimators."""
-    kind, sep, estimator = driver.partition("-")
-    return estimator if sep and kind in ("shuffled", "layermean") else None
-
-
 def controlled_estimators(drivers: list[str]) -> list[str]:
     """The estimators E with a control in `drivers` (shuffled-E or layermean-E), in the order of their controls."""
-    return list(dict.fromkeys(base for d in drivers if (base := controlled_estimator(d))))
+    return list(dict.fromkeys(base for d in drivers if (base := base_estimator(d))))
 
 
 def control_table(cells: pd.DataFrame, accuracy: dict[str, np.ndarray], estimator: str) -> pd.DataFrame:
