@@ -93,13 +93,15 @@ def absolute(uri_or_path: str) -> str:
     return uri_or_path if "://" in uri_or_path else os.path.abspath(uri_or_path)
 
 
-def protocol_job(config: Config, data_dir: str, download: bool, device: str, tracking_uri: str) -> dict:
-    """What every task needs to rebuild the protocol and its data on its worker."""
+def protocol_job(config: Config, data_dir: str, download: bool, device: str, tracking_uri: str, cpus: float) -> dict:
+    """What every task needs to rebuild the protocol and its data on its worker; `threads`: torch's threads there,
+    the task's share of the node's cores (by default torch takes every core, and tasks side by side on one node
+    would spin against each other)."""
     from benchmark import plugins
 
     return {"protocol": config.protocol, "config": config.to_dict(), "tracking_uri": absolute(tracking_uri),
             "plugins": [p["spec"] for p in plugins.provenance().values()], "data_dir": os.path.abspath(data_dir),
-            "download": download, "device": device}
+            "download": download, "device": device, "threads": max(1, round(cpus))}
 
 
 def outcome(ray, ref) -> tuple[dict | None, str]:
@@ -145,7 +147,8 @@ class RayExecutor:
     def __call__(self, groups: list[list[dict]], sweep: Sweep) -> dict[tuple[str, int], str]:
         ray = import_ray()
         train = ray.remote(train_group).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries)
-        common = {**protocol_job(sweep.config, self.data_dir, self.download, self.device, sweep.store.uri),
+        common = {**protocol_job(sweep.config, self.data_dir, self.download, self.device, sweep.store.uri,
+                                 self.cpus),
                   "experiment": sweep.experiment, "parent": sweep.parent.id}
         sweep.progress.say(f"{cluster_line(ray)}; {len(groups)} tasks of at most {max(map(len, groups), default=0)} "
                            f"cells, each with CPU {self.cpus:g}, GPU {self.gpus:g}")
@@ -241,6 +244,7 @@ def worker_setup(job: dict) -> tuple[Config, dict]:
         plugins.load(spec, origin="loaded by the Ray head")
     config = parse_config({k: v for k, v in job["config"].items() if k != "protocol"}, job["protocol"],
                           source="the Ray head's protocol")
+    torch.set_num_threads(job["threads"])
     if job["device"] == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"no CUDA device on {platform.node()}")
     return config, load_splits(config.data, job["data_dir"], job["download"], job["device"])
@@ -278,7 +282,7 @@ def tune_on_cluster(store: Store, storage, storage_url: str, config: Config, dri
     Returns why each failed task failed (empty if none did)."""
     ray = import_ray()
     tune = ray.remote(tune_share).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    common = {**protocol_job(config, data_dir, download, device, store.uri), "storage_url": absolute(storage_url),
+    common = {**protocol_job(config, data_dir, download, device, store.uri, cpus), "storage_url": absolute(storage_url),
               "seeds": seeds, "command": command}
     shares = [trials // workers + (k < trials % workers) for k in range(workers)]
     tasks = {}

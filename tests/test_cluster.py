@@ -153,6 +153,7 @@ def test_sweep_records_every_cell_once_and_a_rerun_resumes(ray_head, tracking_se
     assert by_cell(runs) == {(d, s): ["FINISHED"] for d in ("none", "mas") for s in ("0", "1")}
     assert all(r.data.tags["worker_pid"].isdigit() and r.data.tags["worker_host"] for r in runs)
     assert len({r.data.tags["ray_task"] for r in runs}) == 2  # two groups of two cells, one Ray task each
+    assert {r.data.tags["threads"] for r in runs} == {"1"}  # a task of 1 CPU trains with 1 torch thread
 
     code, err = finish(start(*args))
     assert code == 0, err
