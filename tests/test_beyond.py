@@ -45,11 +45,17 @@ def test_online_accumulation_decays_earlier_tasks(mnist):
                                summed[0].increments["sig"]["fc1.bias"] + summed[1].increments["sig"]["fc1.bias"])
 
 
-@pytest.mark.parametrize("key, value", [("accumulation", "decay"), ("online_gamma", 1.5), ("online_gamma", 0.0)])
-def test_bad_accumulation_settings_are_rejected(tmp_path, key, value):
+@pytest.mark.parametrize("key, value, message", [
+    ("accumulation", "decay", "estimators.accumulation must be 'sum', 'online' or 'blend'"),
+    ("online_gamma", 1.5, "estimators.online_gamma must be in (0, 1]"),
+    ("online_gamma", 0.0, "estimators.online_gamma must be in (0, 1]"),
+])
+def test_bad_accumulation_settings_are_rejected(tmp_path, capsys, key, value, message):
     path = tmp_path / "bad.toml"
     path.write_text(f"[estimators]\n{key} = {value!r}\n".replace("'", '"'))
     assert main(["run", "--config", str(path), "--tracking-uri", f"sqlite:///{tmp_path}/never/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "never").exists()
 
 
@@ -62,8 +68,10 @@ def test_the_protocol_chooses_which_estimators_observe_and_the_driver_always_doe
     assert len(make_estimators(load_config("quick"))) == 9
 
 
-def test_unknown_observed_estimator_is_rejected(tmp_path):
+def test_unknown_observed_estimator_is_rejected(tmp_path, capsys):
     path = tmp_path / "bad.toml"
     path.write_text('[estimators]\nobserve = ["fis", "ewc"]\n')
     assert main(["run", "--config", str(path), "--tracking-uri", f"sqlite:///{tmp_path}/never/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "estimators.observe: unknown estimator 'ewc'" in err, err
     assert not (tmp_path / "never").exists()
