@@ -51,7 +51,7 @@ from benchmark.loop import Cell, make_estimators, run_cells
 from benchmark.model import make_model
 from benchmark.progress import Progress, duration
 from benchmark.report.stats import MIN_SEEDS, Estimate, mean_ci, paired_difference
-from benchmark.scenario import Splits, TaskSequence, make_task_sequence
+from benchmark.scenario import Splits, TaskSequence, evaluation_head, make_task_sequence
 from tracking import Run, Store, StoreError
 
 STEPS = 200  # fractions 0, 1/200, …, 1 zeroed
@@ -176,10 +176,9 @@ def curve_points(model: nn.Sequential, schedule: Schedule, x: Tensor, y: Tensor,
     in float64 so that STEPS running subtractions round nothing into the curve. The layers after it run for
     FRACTION_CHUNK steps at once as a batch of models (torch.func.vmap over their masked parameters)."""
     check_model(model)
-    first, rest = model[0], model[1:]
-    first_name = f"{next(iter(model._modules))}.weight"
+    (first_name, first), rest = next(iter(model.named_children())), model[1:]
     weight = first.weight.detach().double()
-    steps = first_layer_steps(weight, schedule.ranks[first_name], schedule.counts[first_name])
+    steps = first_layer_steps(weight, schedule.ranks[f"{first_name}.weight"], schedule.counts[f"{first_name}.weight"])
     masked = {name: p.detach() * schedule.kept(name) if name in schedule.ranks
               else p.detach().expand(STEPS + 1, *p.shape) for name, p in rest.named_parameters()}
     batched_rest = torch.func.vmap(lambda params, h: torch.func.functional_call(rest, params, (h,)))
@@ -217,7 +216,7 @@ class Evaluation:
     task: int
     x: Tensor
     y: Tensor
-    classes: Tensor | None  # the task's head (TaskSequence.classes)
+    classes: Tensor | None  # the task's evaluation head (scenario.evaluation_head)
     importances: Importances
 
 
@@ -580,7 +579,7 @@ def sparsify_logged(store: Store, logged: LoggedRun, splits: dict[str, Splits], 
         model = make_model(logged.config.model).to(sequence.device)
         model.load_state_dict({k: v.to(sequence.device) for k, v in logged.state_dict.items()})
         model.eval()
-        return model_curves(model, [Evaluation(j, *sequence.split("test", j), sequence.classes(j),
+        return model_curves(model, [Evaluation(j, *sequence.split("test", j), evaluation_head(sequence, j, logged.task),
                                                with_baselines(logged.importances[j], model, logged.seed))
                                     for j in range(logged.task + 1)], progress)
 
