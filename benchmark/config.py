@@ -20,6 +20,7 @@ PROTOCOLS = sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
 DATASETS = ("mnist", "fashion-mnist")  # whose pixels are permuted: both 60k + 10k grey 28×28 images, 10 classes
 MNIST_TRAIN_IMAGES = 60000
 SEQUENCES = ("permuted", "rotated", "split", "sequence")  # data.sequence: the kinds of task sequence (scenario.py)
+SPLIT_TYPES = ("task", "domain", "class")  # data.split_type: the incremental-learning type of split tasks (scenario.py)
 MODEL_KINDS = ("mlp", "conv")  # model.kind (model.py)
 SPLIT_CLASSES_PER_TASK = 2  # split-MNIST: classes 0/1, 2/3, … one pair per task
 IMAGE_SIDE = 28  # MNIST and Fashion-MNIST: 28×28 grey images
@@ -50,6 +51,9 @@ class DataConfig:
     max_angle: float = 180.0
     datasets: tuple[str, ...] = field(default=(), metadata=STRINGS)  # sequence: task t's; factory: those it reads
     rotations: tuple[float, ...] = field(default=(), metadata=FLOATS)  # sequence: task t's rotation (none: 0°)
+    # split: "task" (each task its own 2-unit head), "domain" (one 2-unit head, label = digit mod 2) or "class"
+    # (one head over every class seen so far); van de Ven et al. 2022's three types (scenario.ImageTasks)
+    split_type: str = "task"
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,9 @@ def _validate(c: Config, source: str) -> None:
 
 def _validate_sequence(d: DataConfig, need) -> None:
     need(d.sequence in SEQUENCES, f"data.sequence = {d.sequence!r}: choose from {', '.join(SEQUENCES)}")
+    need(d.split_type in SPLIT_TYPES, f"data.split_type = {d.split_type!r}: choose from {', '.join(SPLIT_TYPES)}")
+    need(d.split_type == "task" or d.sequence == "split" and not d.factory,
+         f"data.split_type = {d.split_type!r} is for data.sequence = 'split'")
     need(not d.angles or d.sequence == "rotated", "data.angles is for data.sequence = 'rotated'")
     need(not d.rotations or d.sequence == "sequence", "data.rotations is for data.sequence = 'sequence'")
     need(not d.datasets or d.sequence == "sequence" or d.factory,

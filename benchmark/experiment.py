@@ -55,6 +55,7 @@ ADDED_LATER = {
     ("model", "batch_norm"): True, ("estimators", "plugins"): [], ("model", "factory"): "", ("data", "factory"): "",
     ("data", "permutation_seed"): -1, ("estimators", "si_clamp_max"): 0.0,
     ("estimators", "fis_batched_batchnorm"): "eval", ("estimators", "blend_alpha"): 0.5,
+    ("data", "split_type"): "task",
 }
 
 

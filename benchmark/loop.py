@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from benchmark import plugins
 from benchmark.config import Config
 from benchmark.model import make_model
-from benchmark.scenario import PermutedMNIST, Split, TaskSequence
+from benchmark.scenario import PermutedMNIST, Split, TaskSequence, evaluation_head
 from estimators import ESTIMATORS, Estimator
 from estimators.controls import Control
 from estimators.names import base_estimator
@@ -251,7 +251,7 @@ def run_cells(config: Config, cells: list[Cell], use_test_split: bool = True,
     """Train the cells' tasks 0 .. T-1 in order, all cells stacked in one training step (one optimiser over all
     their parameters: Adam works per tensor, so each cell gets its own Adam); after each task, one result per cell,
     or the failure that ended that cell (a diverged cell's NaNs touch no other cell). Training and importances of
-    task t see task t's head (scenario.classes), evaluation each task's own.
+    task t see task t's head (scenario.classes), evaluation each task's head after task t (evaluate).
 
     use_test_split=False (tuning) never reads the test images: test_accuracy stays empty. batched: Stack's
     batched products; default: on a GPU, where the models allow them."""
@@ -282,8 +282,8 @@ def run_cells(config: Config, cells: list[Cell], use_test_split: bool = True,
                 t.penalty.consolidate(t.params, [t.accumulated[t.cell.driver][n] for n in t.names])
             results.append(TaskResult(
                 task=task,
-                test_accuracy=evaluate(t.model, t.cell.scenario, "test") if use_test_split else [],
-                validation_accuracy=evaluate(t.model, t.cell.scenario, "validation"),
+                test_accuracy=evaluate(t.model, t.cell.scenario, "test", task) if use_test_split else [],
+                validation_accuracy=evaluate(t.model, t.cell.scenario, "validation", task),
                 increments=increment,
                 accumulated=t.accumulated,
                 state_dict={k: v.detach().clone() for k, v in t.model.state_dict().items()},
@@ -420,9 +420,10 @@ def task_accuracies(model: nn.Sequential, split: Split, permutations: Tensor, ch
     return (correct.double() / len(split.x)).tolist()
 
 
-def evaluate(model: nn.Module, scenario: TaskSequence, split: str) -> list[float]:
-    """The model's accuracy on every task of the sequence on one split, each task through its own head; none for
-    an empty split. The paper's MLP on permuted tasks takes task_accuracies' shortcut."""
+def evaluate(model: nn.Module, scenario: TaskSequence, split: str, trained: int) -> list[float]:
+    """The model's accuracy on every task of the sequence on one split after training task `trained`, each task
+    through its evaluation head (scenario.evaluation_head); none for an empty split. The paper's MLP on permuted
+    tasks takes task_accuracies' shortcut."""
     if isinstance(scenario, PermutedMNIST) and isinstance(model, nn.Sequential) and isinstance(model[0], nn.Linear):
         return task_accuracies(model, getattr(scenario, split), torch.from_numpy(scenario.permutations))
     accuracies = []
@@ -430,7 +431,7 @@ def evaluate(model: nn.Module, scenario: TaskSequence, split: str) -> list[float
         x, y = scenario.split(split, task)
         if not len(x):
             return []
-        with task_head(model, scenario.classes(task)):
+        with task_head(model, evaluation_head(scenario, task, trained)):
             accuracies.append(accuracy(model, x, y))
     return accuracies
 

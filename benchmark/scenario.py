@@ -12,17 +12,27 @@ data-loader worker) and stored with the run, so that every driver with the same 
 
 The other kinds of sequence (data.sequence; README, "Models and task sequences") keep the same splits of each
 dataset they use and build task t from them (ImageTasks): `rotated` rotates every image by task t's angle,
-`split` keeps the images of task t's pair of classes (split-MNIST, task-incremental), `sequence` takes a list of
-datasets, each optionally rotated (the author's MNIST → Fashion-MNIST → MNIST rotated 90° → Fashion-MNIST
-rotated 90°).
+`split` keeps the images of task t's pair of classes (split-MNIST), `sequence` takes a list of datasets, each
+optionally rotated (the author's MNIST → Fashion-MNIST → MNIST rotated 90° → Fashion-MNIST rotated 90°).
+
+Split tasks come in van de Ven et al.'s three incremental-learning types ("Three types of incremental learning",
+Nature Machine Intelligence 2022), data.split_type; a head is the set of output units the softmax runs over
+(loop.task_head masks the others' logits to −∞), for the loss, the prediction and every importance alike:
+    task    task t's own head, its classes 2t and 2t+1, in training and whenever task t is evaluated
+    domain  one head of 2 units for every task, units 0 and 1; the label is the digit mod 2 (even or odd)
+    class   one head over every class seen so far: classes 0 … 2t+1 while task t trains; after task i every
+            task is evaluated over classes 0 … 2i+1 (van de Ven et al.'s choice in training; their code
+            evaluates over all ten units, the same set once all five pairs have been seen)
 
 The task-sequence protocol, what the training loop asks of a sequence (PermutedMNIST and ImageTasks follow it):
     tasks                 how many tasks
     split(name, t)        (inputs [N, 784] float, labels [N] int64) of split name ("train", "validation",
                           "importance", "test") for task t; the importance samples are the model's data for
                           task t's importances
-    classes(t)            the output units task t is trained, evaluated and its importances computed on (a
-                          task-incremental head), or None for all of them
+    classes(t)            the output units task t is trained and its importances computed on (its head), or
+                          None for all of them
+    evaluation_classes(t, i)   optional: the output units task t is evaluated on after training task i; without
+                          it, classes(t) (evaluation_head)
     record()              {artifact name: array or JSON-able dict}: what a run stores to recompute the sequence
     importance_indices    positions in the training set of the importance samples (importance_samples.npy)
     device                where the tensors live
@@ -128,13 +138,15 @@ class TaskSequence(Protocol):
 @dataclass(frozen=True)
 class ImageTasks:
     """Task t: the images of dataset datasets[t], rotated by angles[t] degrees, restricted to class_sets[t] (all
-    classes where class_sets is None): rotated, split and sequence."""
+    classes where class_sets is None): rotated, split and sequence. split_type: the heads and labels of split
+    tasks (module docstring)."""
 
     kind: str
     data: Mapping[str, Splits]  # by dataset name: the same image indices in each
     datasets: tuple[str, ...]
     angles: tuple[float, ...]
     class_sets: tuple[tuple[int, ...], ...] | None = None
+    split_type: str = "task"
 
     @property
     def tasks(self) -> int:
@@ -146,15 +158,28 @@ class ImageTasks:
         if self.class_sets is not None:
             keep = torch.isin(y, torch.tensor(self.class_sets[task], device=y.device))
             x, y = x[keep], y[keep]
+        if self.split_type == "domain":
+            y = y % SPLIT_CLASSES_PER_TASK  # the digit's position in its pair: even 0, odd 1
         return rotate(x, self.angles[task]), y
 
     def classes(self, task: int) -> Tensor | None:
-        return None if self.class_sets is None else torch.tensor(self.class_sets[task], device=self.device)
+        if self.class_sets is None:
+            return None
+        head = {"task": self.class_sets[task], "domain": tuple(range(SPLIT_CLASSES_PER_TASK)),
+                "class": tuple(c for pair in self.class_sets[:task + 1] for c in pair)}[self.split_type]
+        return torch.tensor(head, device=self.device)
+
+    def evaluation_classes(self, task: int, trained: int) -> Tensor | None:
+        """Class-incremental: every task over the classes seen up to the task trained last; otherwise the task's
+        own head."""
+        return self.classes(trained if self.split_type == "class" else task)
 
     def record(self) -> dict[str, object]:
+        # split_type only where it is not "task": task-incremental runs store what they stored before it existed
         return {"task_sequence.json": {"kind": self.kind, "tasks": [
             {"dataset": d, "angle": a, "classes": list(self.class_sets[t]) if self.class_sets else None}
-            for t, (d, a) in enumerate(zip(self.datasets, self.angles))]}}
+            for t, (d, a) in enumerate(zip(self.datasets, self.angles))],
+            **({"split_type": self.split_type} if self.split_type != "task" else {})}}
 
     @property
     def importance_indices(self) -> np.ndarray:
@@ -163,6 +188,14 @@ class ImageTasks:
     @property
     def device(self) -> torch.device:
         return next(iter(self.data.values())).train.x.device
+
+
+def evaluation_head(sequence: TaskSequence, task: int, trained: int) -> Tensor | None:
+    """The output units task `task` is evaluated on after training task `trained`: the sequence's
+    evaluation_classes where it has one (class-incremental split tasks), else the task's own head (classes)."""
+    if hasattr(sequence, "evaluation_classes"):
+        return sequence.evaluation_classes(task, trained)
+    return sequence.classes(task)
 
 
 def checked_task_sequence(sequence, data: DataConfig) -> TaskSequence:
@@ -323,5 +356,5 @@ def make_task_sequence(data: DataConfig, splits: Mapping[str, Splits], seed: int
         return ImageTasks("rotated", splits, (data.dataset,) * tasks, tuple(angles))
     if data.sequence == "split":
         pairs = tuple(tuple(range(t * SPLIT_CLASSES_PER_TASK, (t + 1) * SPLIT_CLASSES_PER_TASK)) for t in range(tasks))
-        return ImageTasks("split", splits, (data.dataset,) * tasks, (0.0,) * tasks, pairs)
+        return ImageTasks("split", splits, (data.dataset,) * tasks, (0.0,) * tasks, pairs, data.split_type)
     return ImageTasks("sequence", splits, data.datasets, data.rotations or (0.0,) * tasks)

@@ -12,6 +12,9 @@ Bias b_i of any of them (BatchNorm's β too):  Ω = mean over samples (and posit
     (leakyReLU in the paper's MLP and after the conv net's BatchNorm); softmax of the model's output for the
     layer that produces it (the paper's output layer); else the layer's output itself (a Conv2d whose output
     goes to BatchNorm).
+A head (split tasks; benchmark/loop.py's task_head masks the logits of the other output units to −∞): an output
+    unit outside it passes nothing on, so the signal through its weights reaches no output and they get 0, as its
+    bias does (its softmax is 0) — the head's weights only, as the gradient-based importances give.
 
 Any other layer with parameters is an error naming it: SIG is defined layer by layer.
 """
@@ -67,6 +70,7 @@ class SignalImportance(Estimator):
         input_sums: dict[str, Tensor] = {}  # per layer: Σ |input entry a weight multiplies|, and how many entries
         signal_sums: dict[str, Tensor] = {}  # per layer: Σ |signal passed on| per unit
         counts: dict[str, list[float]] = {name: [0.0, 0.0] for name in layers}
+        output_layer, head = None, None  # the layer producing the model's output; its units with a finite logit
         for start in range(0, len(x), self.batch_size):
             out, calls = leaf_calls(model, x[start:start + self.batch_size])
             last = max(i for i, call in enumerate(calls) if call[0] in layers)
@@ -74,7 +78,11 @@ class SignalImportance(Estimator):
                 if name not in layers:
                     continue
                 inputs, n_inputs = self.input_magnitudes(layer, a_in)
-                signal = self.passed_on(calls, i, out if i == last and out.shape == a_out.shape else None)
+                model_output = out if i == last and out.shape == a_out.shape else None
+                signal = self.passed_on(calls, i, model_output)
+                if model_output is not None:
+                    in_head = torch.isfinite(model_output).any(0)
+                    output_layer, head = name, in_head if head is None else head | in_head
                 unit_dim = -1 if isinstance(layer, nn.Linear) else 1
                 input_sums[name] = input_sums.get(name, 0) + inputs
                 signal_sums[name] = signal_sums.get(name, 0) + unit_sums(signal, unit_dim)
@@ -86,7 +94,10 @@ class SignalImportance(Estimator):
             mean_input = input_sums[name] / counts[name][0]
             if isinstance(layer, nn.Conv2d):
                 mean_input = mean_input[None]
-            result[f"{prefix}weight"] = layer.weight.abs() * mean_input
+            weight = layer.weight.abs() * mean_input
+            if name == output_layer:  # a unit outside the head (module docstring): × 0; inside: × 1, exactly
+                weight = weight * head.reshape(-1, *[1] * (weight.dim() - 1))
+            result[f"{prefix}weight"] = weight
             if layer.bias is not None:
                 result[f"{prefix}bias"] = signal_sums[name] / counts[name][1]
         return result

@@ -25,9 +25,12 @@ def mas_loop(model, x, y):
     return per_sample_loop(model, x, y, lambda out, t: F.softmax(out, 1).square().sum(), torch.abs)
 
 
-def signal_loop(model: nn.Sequential, x) -> dict[str, torch.Tensor]:
-    """SIG from its definition, sample by sample and weight by weight through the layers of a Sequential."""
+def signal_loop(model: nn.Sequential, x, classes=None) -> dict[str, torch.Tensor]:
+    """SIG from its definition, sample by sample and weight by weight through the layers of a Sequential; with
+    classes (a head), the softmax runs over those output units, and the others pass nothing on: their weights and
+    biases get 0."""
     linear = [(name, m) for name, m in model.named_children() if isinstance(m, nn.Linear)]
+    head = range(linear[-1][1].out_features) if classes is None else [int(c) for c in classes]
     result = {}
     with torch.no_grad():
         in_sum = {name: torch.zeros(m.in_features, dtype=x.dtype) for name, m in linear}
@@ -41,7 +44,8 @@ def signal_loop(model: nn.Sequential, x) -> dict[str, torch.Tensor]:
                     h = m(h)
                     is_last = all(not isinstance(c, nn.Linear) for _, c in children[i + 1:])
                     if is_last:
-                        act_sum[name] += F.softmax(h, 0).abs()
+                        for c, p in zip(head, F.softmax(h[list(head)], 0)):
+                            act_sum[name][c] += p
                 else:
                     h = m(h)
                     prev = [nm for nm, c in children[:i] if isinstance(c, nn.Linear)][-1]
@@ -49,11 +53,34 @@ def signal_loop(model: nn.Sequential, x) -> dict[str, torch.Tensor]:
         for name, m in linear:
             w = torch.empty_like(m.weight)
             for i in range(m.out_features):
+                passes_on = name != linear[-1][0] or i in head
                 for j in range(m.in_features):
-                    w[i, j] = m.weight[i, j].abs() * in_sum[name][j] / len(x)
+                    w[i, j] = m.weight[i, j].abs() * in_sum[name][j] / len(x) if passes_on else 0.0
             result[f"{name}.weight"] = w
             result[f"{name}.bias"] = act_sum[name] / len(x)
     return result
+
+
+class HeadLogits:
+    """A model seen through a head: its logits of `classes` only, in that order, so that a reference's softmax
+    runs over the head as written out rather than through loop.task_head's −∞ mask; its parameters are the
+    model's, by the same names. Labels go with it as positions in classes (head_labels)."""
+
+    def __init__(self, model: nn.Module, classes):
+        self.model, self.classes = model, torch.as_tensor(classes)
+
+    def __call__(self, x):
+        return self.model(x)[:, self.classes]
+
+    def named_parameters(self):
+        return self.model.named_parameters()
+
+
+def head_labels(y, classes):
+    """Each label's position in classes (every label must be one of them)."""
+    matches = torch.as_tensor(y)[:, None] == torch.as_tensor(classes)[None]
+    assert bool(matches.any(1).all()), "a label outside the head"
+    return matches.int().argmax(1)
 
 
 @torch.no_grad()
