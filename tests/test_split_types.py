@@ -118,7 +118,7 @@ def test_the_type_is_recorded_with_the_run_and_task_records_as_before(split_type
     recorded = synthetic_sequence(split_type).record()["task_sequence.json"]
     assert [t["classes"] for t in recorded["tasks"]] == [[0, 1], [2, 3], [4, 5]]  # the images' digits
     assert recorded.get("split_type") == (None if split_type == "task" else split_type)
-    json.dumps(recorded)
+    assert json.loads(json.dumps(recorded)) == recorded  # stored as JSON, read back as written
 
 
 def test_the_default_type_leaves_existing_cells_hashes_alone():
