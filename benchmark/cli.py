@@ -10,7 +10,7 @@ import signal
 import sys
 
 from benchmark import plugins
-from benchmark.config import DATASETS, PROTOCOLS, Config, load_config
+from benchmark.config import DATASETS, PROTOCOLS, Config, check_chain_runs_here, load_config, refuse_carried_adam
 from benchmark.drivers import CURVE_DRIVERS, PAPER_DRIVERS, drivers, estimator_drivers
 from benchmark.errors import UsageError
 from benchmark.lambdas import MIN_TUNED_TRIALS, SOURCES
@@ -319,6 +319,7 @@ def resolve_lambdas(config: Config, drivers: list[str], args) -> tuple[dict, lis
 def command_run(args) -> int:
     options = ray_options(args)
     config = read_config(args)
+    check_chain_runs_here(config, args.parallel, ray=args.executor == "ray")
     chosen = parse_drivers(args.drivers)
     lambdas, provenance = resolve_lambdas(config, chosen, args)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -370,6 +371,7 @@ def command_tune(args) -> int:
     if not config.data.validation_images:
         raise UsageError(f"tune: protocol {config.protocol} has no validation split (data.validation_images = 0): "
                          "tuning on it would read the test set; tune on a protocol with one (e.g. paper)")
+    refuse_carried_adam(config, "tune")
     options = ray_options(args)
     check_model(config)
     storage = tuning.open_storage(storage_url)
@@ -417,6 +419,7 @@ def command_lambda_curve(args) -> int:
     if not config.data.validation_images:
         raise UsageError(f"lambda-curve: protocol {config.protocol} has no validation split (data.validation_images "
                          "= 0): its curve would be read on the test set")
+    refuse_carried_adam(config, "lambda-curve")
     if args.centers not in PROTOCOLS:
         raise UsageError(f"--centers: unknown protocol {args.centers!r} (choose from {', '.join(PROTOCOLS)})")
     centers = dict(load_config(protocol=args.centers).penalty.lambda_)

@@ -24,6 +24,7 @@ SPLIT_TYPES = ("task", "domain", "class")  # data.split_type: the incremental-le
 MODEL_KINDS = ("mlp", "conv")  # model.kind (model.py)
 SPLIT_CLASSES_PER_TASK = 2  # split-MNIST: classes 0/1, 2/3, … one pair per task
 IMAGE_SIDE = 28  # MNIST and Fashion-MNIST: 28×28 grey images
+ADAM_STATES = ("fresh", "carried")  # training.adam_state
 # for a list field whose default is empty, the element type its values must have ("should be like …")
 FLOATS, STRINGS = {"like": (0.0,)}, {"like": ("mnist",)}
 
@@ -76,6 +77,10 @@ class TrainingConfig:
     lr: float = 0.001
     batch_size: int = 100
     epochs: int = 6
+    # where each cell's Adam starts: "fresh" (zero moments, step 0); "carried": a sweep runs each driver's seeds
+    # as one chain, in seed order, each cell starting from the Adam state the previous one ended with — the paper
+    # author's script keeps one Adam across its runs (its reset() re-initialises weights and importances only)
+    adam_state: str = "fresh"
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,10 @@ def _validate(c: Config, source: str) -> None:
     need(t.optimizer in ("adam", "sgd"), f"training.optimizer = {t.optimizer!r}: choose 'adam' or 'sgd'")
     need(t.lr > 0, "training.lr must be > 0")
     need(t.batch_size >= 1 and t.epochs >= 1, "training.batch_size and training.epochs must be ≥ 1")
+    need(t.adam_state in ADAM_STATES,
+         f"training.adam_state = {t.adam_state!r}: choose from {', '.join(map(repr, ADAM_STATES))}")
+    need(t.adam_state == "fresh" or t.optimizer == "adam",
+         f"training.adam_state = {t.adam_state!r} needs training.optimizer = 'adam'")
     for name, lam in c.penalty.lambda_.items():
         need(name in drivers() and name != "none", f"penalty.lambda has unknown driver {name!r}")
         need(lam >= 0, f"penalty.lambda.{name} = {lam} must be ≥ 0")
@@ -253,6 +262,22 @@ def _validate(c: Config, source: str) -> None:
     # α = 1 would keep Ω at its start, 0: no penalty ever
     need(0 <= e.blend_alpha < 1, "estimators.blend_alpha must be in [0, 1)")
     need(0 < c.analysis.top_k_percent <= 100, "analysis.top_k_percent must be in (0, 100]")
+
+
+def refuse_carried_adam(config: Config, command: str) -> None:
+    """For the commands that train a cell apart from its seed's chain (tune, lambda-curve, verify): a UsageError
+    if the protocol carries Adam's state from seed to seed, which only `run`'s chains give."""
+    if config.training.adam_state == "carried":
+        raise UsageError(f"{command}: protocol {config.protocol} has training.adam_state = 'carried', whose cells "
+                         "depend on the seeds before them; only `run` trains such chains")
+
+
+def check_chain_runs_here(config: Config, parallel: int, ray: bool) -> None:
+    """`run` with training.adam_state = "carried" trains each driver's seeds as one chain, one cell after the other
+    in this process: a UsageError with --parallel K > 1 or --executor ray."""
+    if config.training.adam_state == "carried" and (parallel > 1 or ray):
+        raise UsageError(f"training.adam_state = 'carried' trains each driver's seeds as one chain, one cell after "
+                         f"the other in this process: drop {'--parallel' if parallel > 1 else '--executor ray'}")
 
 
 def _validate_sequence(d: DataConfig, need) -> None:

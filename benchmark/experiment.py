@@ -6,6 +6,7 @@ import hashlib
 import json
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,14 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file
 
 from benchmark import __version__, plugins
-from benchmark.config import Config
+from benchmark.config import Config, check_chain_runs_here
 from benchmark.correlations import COLUMNS, correlation_rows
 from benchmark.environment import experiment_name, fingerprint
 from benchmark.experiment_notes import sweep_experiment_description
 from benchmark.lambdas import Lambda
-from benchmark.loop import Cell, Diverged, EstimatorFailed, TaskResult, run_cells
+from benchmark.loop import AdamState, Cell, Diverged, EstimatorFailed, TaskResult, run_cells
 from benchmark.metrics import average_accuracy, backward_transfer, forgetting
 from benchmark.progress import Progress
 from benchmark.scenario import Splits, TaskSequence, make_task_sequence
@@ -37,12 +39,16 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def cell_config(config: Config, driver: str, seed: int, lam: Lambda, device: str, log_importances: str) -> dict:
+def cell_config(config: Config, driver: str, seed: int, lam: Lambda, device: str, log_importances: str,
+                adam_chain: list[int] | None = None) -> dict:
     """Everything that determines a cell's results and artifacts: config.json, and the key resume matches on;
-    with estimator plugins loaded, what code each came from."""
+    with estimator plugins loaded, what code each came from. With training.adam_state = "carried", adam_chain:
+    the seeds whose cells, in this order, trained the Adam state this cell starts from (none: the chain's first)."""
     loaded = plugins.provenance()
+    carried = config.training.adam_state == "carried"
     return {**config.to_dict(), "driver": driver, "seed": seed, "lambda": lam.value, "lambda_source": lam.source,
             "lambda_study": lam.study, "device": device, "log_importances": log_importances,
+            **({"adam_chain": list(adam_chain or [])} if carried else {}),
             **({"plugins": loaded} if loaded else {})}
 
 
@@ -55,8 +61,16 @@ ADDED_LATER = {
     ("model", "batch_norm"): True, ("estimators", "plugins"): [], ("model", "factory"): "", ("data", "factory"): "",
     ("data", "permutation_seed"): -1, ("estimators", "si_clamp_max"): 0.0,
     ("estimators", "fis_batched_batchnorm"): "eval", ("estimators", "blend_alpha"): 0.5,
+    ("training", "adam_state"): "fresh",
     ("data", "split_type"): "task",
 }
+
+
+ADAM_STATE_FILE = "adam_state.safetensors"  # a carried cell's Adam state after its last task (loop.AdamState)
+NOT_RUN = "NOT RUN"  # the status of a carried chain's cells after one that failed: they have no state to start from
+# training.adam_state = "carried": the Adam state each (driver, seed) cell ended with, where its chain's next cell
+# starts from
+AdamStates = dict[tuple[str, int], AdamState]
 
 
 def config_hash(resolved: dict) -> str:
@@ -86,16 +100,46 @@ class Sweep:
 Executor = Callable[[list[list[dict]], Sweep], dict[tuple[str, int], str]]
 
 
-def run_here(groups: list[list[dict]], sweep: Sweep) -> dict[tuple[str, int], str]:
+def run_here(groups: list[list[dict]], sweep: Sweep, adam_states: AdamStates | None = None
+             ) -> dict[tuple[str, int], str]:
     """Each group in this process, one after the other."""
     statuses = {}
     for group in groups:
         sweep.progress.describe(", ".join(f"{c['driver']} seed {c['seed']}" for c in group))
         scenarios = [make_task_sequence(sweep.config.data, sweep.splits, c["seed"]) for c in group]
         outcome = run_group(sweep.store, sweep.experiment, sweep.parent, sweep.config, group, scenarios,
-                            sweep.progress)
+                            sweep.progress, adam_states)
         statuses.update({(c["driver"], c["seed"]): status for c, status in zip(group, outcome)})
     return statuses
+
+
+def run_chains(pending: list[dict], reused: dict[tuple[str, int], str], sweep: Sweep) -> dict[tuple[str, int], str]:
+    """training.adam_state = "carried": the pending cells one at a time, in this process, in chain order (each
+    driver's seeds in seed order), each starting from the Adam state its chain's previous cell ended with: handed
+    over in memory, or, where an earlier sweep finished that cell, read from its adam_state.safetensors. A cell
+    that does not finish ends its chain: the cells after it are NOT RUN."""
+    statuses: dict[tuple[str, int], str] = {}
+    ended_with: AdamStates = {}
+    broken: set[str] = set()  # drivers whose chain has a cell that did not finish
+    for resolved in pending:
+        driver, seed, chain = resolved["driver"], resolved["seed"], resolved["adam_chain"]
+        if driver in broken:
+            statuses[(driver, seed)] = NOT_RUN
+            sweep.progress.item_done(f"not run: {driver} seed {seed}, an earlier cell of its Adam chain did not "
+                                     "finish", steps_skipped=sweep.config.data.tasks)
+            continue
+        previous = (driver, chain[-1]) if chain else None
+        if previous is not None and previous not in ended_with:
+            ended_with[previous] = read_adam_state(sweep.store, reused[previous])
+        statuses.update(run_here([[resolved]], sweep, ended_with))
+        if statuses[(driver, seed)] != "FINISHED":
+            broken.add(driver)
+    return statuses
+
+
+def read_adam_state(store: Store, run_id: str) -> AdamState:
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_file(store.download(run_id, ADAM_STATE_FILE, tmp))
 
 
 def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int], lambdas: dict[str, Lambda],
@@ -107,16 +151,29 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
 
     device: where the cells train (default: where the data lies); experiment: where they are recorded (default
     the protocol's, experiment_name). Returns each cell's status and the ids of the finished runs that were reused
-    instead of run again."""
+    instead of run again.
+
+    With training.adam_state = "carried" each driver's seeds, in seed order, are one chain (run_chains): its cells
+    are trained one at a time, never stacked, and a chain is reused up to its first unfinished cell only."""
+    check_chain_runs_here(config, parallel, ray=executor is not run_here)
     experiment = experiment or experiment_name(config)
     device = device or str(next(iter(splits.values())).train.x.device)
+    carried = config.training.adam_state == "carried"
+    if carried:
+        seeds = sorted(seeds)  # the chains' order
     cells = {}
     for driver in drivers:
-        for seed in seeds:
+        for position, seed in enumerate(seeds):
             lam = lambdas[driver] if driver != "none" else Lambda(0.0, "none")
-            cells[(driver, seed)] = cell_config(config, driver, seed, lam, device, log_importances)
+            cells[(driver, seed)] = cell_config(config, driver, seed, lam, device, log_importances,
+                                                adam_chain=seeds[:position])
     done = {(d, s): store.find_runs(experiment, kind="cell", config_hash=config_hash(c), status="FINISHED")
             for (d, s), c in cells.items()}
+    if carried:  # a chain is reused up to its first unfinished cell; from there on it is trained again
+        for driver in drivers:
+            first_missing = next((k for k, seed in enumerate(seeds) if not done[(driver, seed)]), len(seeds))
+            for seed in seeds[first_missing:]:
+                done[(driver, seed)] = []
     reused = {cell: runs[0].id for cell, runs in done.items() if runs}
     if reused:
         print(f"resuming: {len(reused)} of {len(cells)} cells already finished with the same configuration",
@@ -136,8 +193,12 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
                  "a line per finished cell follows")
     try:
         pending = [config for cell, config in cells.items() if cell not in reused]
-        groups = [pending[start:start + parallel] for start in range(0, len(pending), parallel)]
-        statuses.update(executor(groups, Sweep(store, experiment, parent, config, splits, progress)))
+        sweep = Sweep(store, experiment, parent, config, splits, progress)
+        if carried:
+            statuses.update(run_chains(pending, reused, sweep))
+        else:
+            groups = [pending[start:start + parallel] for start in range(0, len(pending), parallel)]
+            statuses.update(executor(groups, sweep))
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         # a signal between creating a cell's run and entering its own handler would leave it RUNNING forever
@@ -202,6 +263,8 @@ class CellRecord:
         self.correlations += correlation_rows(t, "increment", result.increments, top_k)
         task_dir = f"tasks/task_{t:02d}"
         run.log_tensors(result.state_dict, f"{task_dir}/state_dict.safetensors")
+        if result.adam_state is not None:
+            run.log_tensors(result.adam_state, ADAM_STATE_FILE)
         log_importances = self.resolved["log_importances"]
         if log_importances == "all" or (log_importances == "final" and t == self.scenario.tasks - 1):
             run.log_tensors({f"{est}.{name}": v.float() for est, imp in result.increments.items()
@@ -250,15 +313,19 @@ class CellRecord:
 
 
 def run_group(store: Store, experiment: str, parent: Run, config: Config, cells: list[dict],
-              scenarios: list[TaskSequence], progress: Progress) -> list[str]:
-    """Cells trained stacked (benchmark.loop.run_cells; a cell alone is a group of one), each its own run."""
+              scenarios: list[TaskSequence], progress: Progress, adam_states: AdamStates | None = None) -> list[str]:
+    """Cells trained stacked (benchmark.loop.run_cells; a cell alone is a group of one), each its own run.
+    adam_states (training.adam_state = "carried"): where a cell finds the Adam state its chain's previous cell
+    ended with, and leaves its own."""
     records = [CellRecord(store, experiment, parent, config, resolved, scenario, stacked=len(cells))
                for resolved, scenario in zip(cells, scenarios)]
     statuses: list[str | None] = [None] * len(cells)
     try:
         for record in records:
             record.start()
-        stack = [Cell(c["driver"], c["lambda"], c["seed"], scenario) for c, scenario in zip(cells, scenarios)]
+        stack = [Cell(c["driver"], c["lambda"], c["seed"], scenario,
+                      adam_states[(c["driver"], c["adam_chain"][-1])] if c.get("adam_chain") else None)
+                 for c, scenario in zip(cells, scenarios)]
         for results in run_cells(config, stack):
             for k, (record, result) in enumerate(zip(records, results)):
                 if statuses[k] is not None:
@@ -268,6 +335,8 @@ def run_group(store: Store, experiment: str, parent: Run, config: Config, cells:
                 else:
                     record.task(result)
                     progress.step()
+                    if result.adam_state is not None:
+                        adam_states[(record.resolved["driver"], record.resolved["seed"])] = result.adam_state
         for k, record in enumerate(records):
             if statuses[k] is None:
                 statuses[k] = record.done(record.finish(), progress)

@@ -24,6 +24,8 @@ from estimators.controls import Control
 from estimators.names import base_estimator
 
 Importances = dict[str, dict[str, Tensor]]  # estimator -> parameter name -> tensor
+AdamState = dict[str, Tensor]  # one cell's Adam state: "<parameter name>.<key>" -> tensor, key in ADAM_STATE_KEYS
+ADAM_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")  # per parameter: the step count, the two moments
 
 
 class EstimatorFailed(RuntimeError):
@@ -95,6 +97,8 @@ class TaskResult:
     epoch_losses: list[float]  # mean task (cross-entropy) loss per epoch, without the penalty
     epoch_penalties: list[float]  # the penalty's value at the end of each epoch
     seconds: float
+    # after the last task with training.adam_state = "carried": the Adam state the chain's next cell starts from
+    adam_state: AdamState | None = None
 
 
 def make_estimators(config: Config, seed: int = 0, driver: str = "none") -> dict[str, Estimator]:
@@ -167,14 +171,30 @@ def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=t.lr)
 
 
+def adam_state(optimizer: torch.optim.Optimizer, names: list[str], params: list[Tensor]) -> AdamState:
+    """The Adam state of one cell's parameters, copied (the optimiser goes on updating its own)."""
+    return {f"{name}.{key}": optimizer.state[p][key].detach().clone()
+            for name, p in zip(names, params) for key in ADAM_STATE_KEYS}
+
+
+def start_adam_from(optimizer: torch.optim.Optimizer, names: list[str], params: list[Tensor],
+                    state: AdamState) -> None:
+    """One cell's parameters take up a previous cell's Adam state instead of starting fresh: what the author's one
+    Adam does when reset() re-initialises the weights in place and leaves the optimiser as it is."""
+    for name, p in zip(names, params):
+        optimizer.state[p] = {key: state[f"{name}.{key}"].to(p.device, copy=True) for key in ADAM_STATE_KEYS}
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One training of the sweep: a driver with its λ, a seed and the seed's task sequence."""
+    """One training of the sweep: a driver with its λ, a seed and the seed's task sequence; adam_state: the Adam
+    state it starts from (training.adam_state = "carried": its chain's previous cell's), None: a fresh Adam."""
 
     driver: str
     lam: float
     seed: int
     scenario: TaskSequence
+    adam_state: AdamState | None = None
 
 
 Failure = Diverged | EstimatorFailed
@@ -261,6 +281,11 @@ def run_cells(config: Config, cells: list[Cell], use_test_split: bool = True,
         batched = cells[0].scenario.device.type == "cuda" and batchable(models, cells)
     stack = Stack(models, batched)
     optimizer = make_optimizer(config, stack)  # one optimiser across tasks, as in the author's code
+    for t in trainees:
+        if t.cell.adam_state is not None:
+            start_adam_from(optimizer, t.names, t.params, t.cell.adam_state)
+    carried = config.training.adam_state == "carried"
+    last_task = cells[0].scenario.tasks - 1
 
     for task in range(cells[0].scenario.tasks):
         started = time.perf_counter()
@@ -290,6 +315,7 @@ def run_cells(config: Config, cells: list[Cell], use_test_split: bool = True,
                 epoch_losses=losses,
                 epoch_penalties=penalties,
                 seconds=time.perf_counter() - started,
+                adam_state=adam_state(optimizer, t.names, t.params) if carried and task == last_task else None,
             ))
             t.model.train()
         yield results

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from benchmark.config import refuse_carried_adam
 from benchmark.environment import CELLS_FILE, differing, fingerprint
 from benchmark.errors import UsageError
 from benchmark.progress import Progress
@@ -128,6 +129,8 @@ def verify(folder: Path, spec: str, tracking_uri: str | None, data_dir: str, dow
     cells = read_cells(folder)
     chosen = choose(cells, spec)
     configs = {(p, d): cell_config(folder, p, d) for p, d in dict.fromkeys(zip(chosen.protocol, chosen.dataset))}
+    for config in configs.values():
+        refuse_carried_adam(config, "verify")
     columns = value_columns(cells)
     several = cells.protocol.nunique() > 1
     progress = Progress("verified cell", total=len(chosen))
