@@ -16,7 +16,8 @@ import pandas as pd
 
 from benchmark.report.stats import HOLDS, SENSITIVITY, Estimate, above, overall
 
-CLAIMS = [("MAS–FIS > 0.8", "fis", "mas", 0.8), ("MAS–SI > 0.8", "mas", "si", 0.8), ("FIS–SI > 0.75", "fis", "si", 0.75)]
+CLAIMS = [("MAS–FIS > 0.8", "fis", "mas", 0.8), ("MAS–SI > 0.8", "mas", "si", 0.8),
+          ("FIS–SI > 0.75", "fis", "si", 0.75)]
 
 
 def rejudge(folder: Path) -> pd.DataFrame:
