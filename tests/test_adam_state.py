@@ -113,8 +113,8 @@ def by_hand(carried_config, splits):
 
 
 def test_fresh_is_the_run_without_the_key(store_uri, splits, tmp_path):
-    """"fresh" is today's behaviour: the same configuration, the same hash as before the key existed (a sweep with
-    the key resumes the cells of one without it), the same accuracy matrix and weights."""
+    """adam_state = "fresh" is today's behaviour: the same configuration, the same hash as before the key existed
+    (a sweep with the key resumes the cells of one without it), the same accuracy matrix and weights."""
     explicit = replace(load_config(path=smoke_with("fresh", tmp_path)), protocol="smoke")
     without = load_config("smoke")
     assert explicit == without
@@ -210,3 +210,10 @@ def test_what_cannot_train_a_chain_refuses_it(args, refused, store_uri, tmp_path
     assert main([*args, "--config", str(config), "--tracking-uri", store_uri, "--data-dir", DATA_DIR]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and refused in err, err
+
+
+def test_the_ablation_protocol_is_author_with_a_carried_adam():
+    carried = load_config(path=Path(__file__).parents[1] / "results/author-ablation/author-adam-carried.toml")
+    author = load_config("author")
+    assert carried.training.adam_state == "carried"
+    assert replace(carried, protocol="author", training=replace(carried.training, adam_state="fresh")) == author
