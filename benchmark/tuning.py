@@ -33,7 +33,7 @@ from benchmark.loop import Diverged, EstimatorFailed, run_sequence
 from benchmark.metrics import average_accuracy
 from benchmark.progress import Progress, duration
 from benchmark.scenario import Splits, make_task_sequence
-from tracking import Store
+from tracking import Store, hold_signals_in
 
 LAMBDA_RANGE = (1e-3, 1e5)
 TUNING_FIRST_SEED = 10_000
@@ -66,10 +66,10 @@ def open_storage(url: str, create: bool = True):
             if not create and not os.path.exists(url):
                 return None
             os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
-            return JournalStorage(JournalFileBackend(url))
+            return hold_signals_in(JournalStorage(JournalFileBackend(url)))
         for attempt in range(5):
             try:
-                return RDBStorage(url)
+                return hold_signals_in(RDBStorage(url))
             except (IntegrityError, ProgrammingError):
                 # workers started together on an empty database race to create Optuna's tables; the loser
                 # finds them made a moment later

@@ -1,6 +1,7 @@
 """MLflow behind two small classes: Store (experiments, runs) and Run (what one run records)."""
 
 import contextlib
+import inspect
 import io
 import json
 import logging
@@ -36,8 +37,9 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-# Signals are held while MLflow works: a KeyboardInterrupt raised inside an SQLite transaction leaves the
-# database locked for every later write in the process — the writes that mark runs KILLED included.
+# Signals are held while a store writes: a KeyboardInterrupt raised inside an SQLite transaction leaves the
+# database locked for every later write in the process — the writes that mark runs KILLED included — and one raised
+# inside Optuna's journal-file lock leaves the lock half released (its next write fails).
 _calls_in_progress = 0
 _held_signal: int | None = None
 
@@ -51,6 +53,38 @@ def interrupt(signum, _frame) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
 
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM arriving inside (with `interrupt` as their handler) are raised when it ends."""
+    global _calls_in_progress, _held_signal
+    _calls_in_progress += 1
+    try:
+        yield
+    finally:
+        _calls_in_progress -= 1
+        if _calls_in_progress == 0 and _held_signal is not None:
+            signum, _held_signal = _held_signal, None
+            raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _held(method):
+    def call(*args, **kwargs):
+        with signals_held():
+            return method(*args, **kwargs)
+
+    return call
+
+
+def hold_signals_in(storage):
+    """`storage` with every public method run to its end before a signal is raised (wrapped on the instance, so it
+    stays an instance of its class): for the Optuna storage, which writes outside MLflow."""
+    for name in dir(storage):
+        method = getattr(storage, name)
+        if not name.startswith("_") and inspect.ismethod(method):  # methods only: a callable attribute stays itself
+            setattr(storage, name, _held(method))
+    return storage
+
+
 class _ShieldedClient:
     """An MlflowClient whose every call runs to its end before a held signal is raised."""
 
@@ -59,21 +93,7 @@ class _ShieldedClient:
 
     def __getattr__(self, name):
         attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args, **kwargs):
-            global _calls_in_progress, _held_signal
-            _calls_in_progress += 1
-            try:
-                return attribute(*args, **kwargs)
-            finally:
-                _calls_in_progress -= 1
-                if _calls_in_progress == 0 and _held_signal is not None:
-                    signum, _held_signal = _held_signal, None
-                    raise KeyboardInterrupt(f"signal {signum}")
-
-        return call
+        return _held(attribute) if callable(attribute) else attribute
 
 
 @dataclass(frozen=True)
