@@ -24,6 +24,8 @@ from benchmark.scenario import load_splits, make_task_sequence
 from tests.conftest import DATA_DIR
 from tracking import Store
 
+pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
+
 SMOKE = (PROTOCOL_DIR / "smoke.toml").read_text()
 LAST_WEIGHTS = "tasks/task_02/state_dict.safetensors"  # smoke has 3 tasks
 

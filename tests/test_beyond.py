@@ -21,6 +21,7 @@ def test_fashion_mnist_is_a_second_dataset(mnist):
     assert not torch.equal(fashion[0][:100], mnist[0][:100])
 
 
+@pytest.mark.slow
 def test_run_on_fashion_mnist_is_its_own_experiment(store_uri):
     assert main(["run", "--protocol", "smoke", "--drivers", "mas", "--dataset", "fashion-mnist",
                  "--data-dir", DATA_DIR, "--tracking-uri", store_uri]) == 0
@@ -31,6 +32,7 @@ def test_run_on_fashion_mnist_is_its_own_experiment(store_uri):
     assert client.get_experiment_by_name("pmnist-smoke") is None
 
 
+@pytest.mark.slow
 def test_online_accumulation_decays_earlier_tasks(mnist):
     smoke = load_config("smoke")
     config = replace(smoke, estimators=replace(smoke.estimators, accumulation="online", online_gamma=0.5))

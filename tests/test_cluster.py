@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from benchmark.cli import main
 from tests.conftest import DATA_DIR
 
+pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
+
 ray = pytest.importorskip("ray")
 
 BIN = Path(sys.executable).parent  # ray and mlflow come with the package, in the same environment

@@ -66,6 +66,7 @@ def test_uniform_is_one_everywhere_and_accumulates_like_an_estimator(smoke_split
     assert results[-1].epoch_penalties[-1] > 0  # the L2 pull is applied
 
 
+@pytest.mark.slow
 def test_controls_run_as_drivers_and_are_recorded(store_uri, tmp_path, capsys):
     assert main(["run", "--protocol", "smoke", "--drivers", "mas,shuffled-mas,layermean-mas,uniform",
                  "--lambda", "uniform=2", "--log-importances", "final", "--tracking-uri", store_uri,
@@ -101,6 +102,7 @@ def test_author_protocol_trains_on_every_image_and_takes_importance_samples_from
     assert len(splits.validation.x) == 0 and len(splits.train.x) == 60000
 
 
+@pytest.mark.slow
 def test_a_protocol_without_validation_split_records_no_validation(tmp_path, store_uri):
     config = tmp_path / "novalidation.toml"
     smoke = (Path(__file__).parents[1] / "benchmark/protocols/smoke.toml").read_text()

@@ -43,6 +43,7 @@ def test_best_lambda_is_the_highest_mean_and_edges_and_gaps_are_said():
     assert best.loc["si", "best_lambda"] == 1.0 and not best.loc["si", "complete"] and not best.loc["si", "at_edge"]
 
 
+@pytest.mark.slow
 def test_lambda_curve_end_to_end_on_smoke(store_uri, tmp_path, capsys):
     out = tmp_path / "curve"
     args = ["lambda-curve", "--protocol", "smoke", "--drivers", "mas,uniform", "--points", "2", "--decades", "1",

@@ -28,6 +28,7 @@ def run(capsys, store_uri, storage, *extra):
     return code, [line for line in err.splitlines() if not line.startswith("20")]  # MLflow's own log lines
 
 
+@pytest.mark.slow
 def test_protocol_config_file_and_command_line_sources(store_uri, tmp_path, capsys):
     code, lines = run(capsys, store_uri, tmp_path / "none.journal", "--drivers", "none,mas,sig", "--lambda", "sig=3")
     assert code == 0

@@ -227,6 +227,7 @@ def test_options_reach_the_estimators():
     assert defaults["si"].clamp_max is None and defaults["fis_batched"].batchnorm == "eval"  # 0: no bound
 
 
+@pytest.mark.slow
 def test_a_run_observes_and_drives_the_library_variants_with_blend(mnist):
     config = config_with(observe=("fis", "fis_exact", "fis_maxpred", "fis_pweighted"), accumulation="blend",
                          blend_alpha=0.5)

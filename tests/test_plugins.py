@@ -21,6 +21,8 @@ from benchmark.lambdas import Lambda
 from tests.conftest import DATA_DIR
 from tracking import Store
 
+pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
+
 ROOT = Path(__file__).parents[1]
 SMOKE = (ROOT / "benchmark/protocols/smoke.toml").read_text()
 

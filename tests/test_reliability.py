@@ -7,9 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from benchmark.cli import main
 from tests.conftest import DATA_DIR
 from tracking import Store
+
+pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
 
 SMOKE = ["run", "--protocol", "smoke", "--seeds", "1"]
 

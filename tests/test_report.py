@@ -20,6 +20,8 @@ from benchmark.report.stats import mean_ci, sensitivity_headline
 from tests.conftest import DATA_DIR
 from tracking import Store
 
+pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
+
 
 @pytest.fixture(scope="module")
 def sweep_store(initialised_store, tmp_path_factory):

@@ -16,6 +16,8 @@ from tests.conftest import DATA_DIR
 from tests.test_report import markdown_tables
 from tracking import Store
 
+pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
+
 CONTROLS = ["shuffled-mas", "layermean-mas", "uniform"]
 
 

@@ -25,6 +25,8 @@ from estimators import ESTIMATORS
 from tests.conftest import DATA_DIR
 from tests.reference import accuracy
 
+pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
+
 PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
 
 

@@ -241,6 +241,7 @@ def test_si_and_sos_in_training_through_the_head_equal_a_hand_written_loop(split
 
 # --- class-incremental forgetting, measured ---
 
+@pytest.mark.slow
 def test_class_incremental_none_forgets_old_tasks_entirely(mnist):
     """Without a penalty, class-IL training on task i's two digits drives their logits above every older class's
     (the softmax over all seen classes rewards nothing else): after task i ≥ 1 the older tasks' images are

@@ -11,6 +11,8 @@ from benchmark.loop import Cell, Diverged, run_cells, run_sequence
 from benchmark.scenario import load_splits, make_splits, make_task_sequence
 from tests.conftest import DATA_DIR
 
+pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
+
 
 def protocol(name: str, epochs: int = 2):
     config = load_config(name)

@@ -155,6 +155,7 @@ def run_cli(*args, uri):
     ("smoke-rotated", "rotated-mnist-smoke-rotated", "task_sequence.json"),
     ("smoke-split", "split-mnist-smoke-split", "task_sequence.json"),
 ])
+@pytest.mark.slow
 def test_smoke_protocol_end_to_end(protocol, experiment, recorded, initialised_store, tmp_path):
     """`run --drivers mas --seeds 1 --log-importances all` and `report`, real processes on a real store."""
     path = tmp_path / "mlflow.db"

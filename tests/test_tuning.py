@@ -17,6 +17,8 @@ from benchmark.tuning import open_storage, study_name
 from tests.conftest import DATA_DIR
 from tracking import Store
 
+pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
+
 POSTGRES_URL = os.environ.get("BENCHMARK_TEST_POSTGRES_URL")  # .ci/run starts a server and sets it
 
 
