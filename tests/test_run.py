@@ -21,7 +21,6 @@ from benchmark.correlations import COLUMNS
 from benchmark.loop import make_estimators
 from benchmark.model import make_mlp
 from benchmark.scenario import draw_permutations, make_scenario, make_splits
-from estimators import ESTIMATORS
 from tests.conftest import DATA_DIR
 from tests.reference import accuracy
 
@@ -210,7 +209,7 @@ def test_stored_importances_are_each_tasks_own(smoke_store, mnist):
     estimators = make_estimators(config)
     for t in range(3):
         stored = load_file(root / f"tasks/task_{t:02d}/importances.safetensors")
-        assert set(stored) == {f"{e}.{p}" for e in ESTIMATORS for p in PARAMS}
+        assert set(stored) == {f"{e}.{p}" for e in config.estimators.observe for p in PARAMS}
         assert all(v.dtype == torch.float32 for v in stored.values())
         model = make_mlp(config.model)
         model.load_state_dict(load_file(root / f"tasks/task_{t:02d}/state_dict.safetensors"))
@@ -241,7 +240,7 @@ def test_same_seed_same_results(mnist):
     first, second = (list(run_sequence(config, "si", 0.25, 7, scenario)) for _ in range(2))
     for a, b in zip(first, second):
         assert a.test_accuracy == b.test_accuracy
-        for est in ESTIMATORS:
+        for est in config.estimators.observe:
             for p in PARAMS:
                 assert torch.equal(a.increments[est][p], b.increments[est][p])
 
