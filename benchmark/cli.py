@@ -229,6 +229,20 @@ def command_line() -> str:
     return "python -m benchmark " + shlex.join(sys.argv[1:])
 
 
+def portable_command(argv: list[str], machine_options: tuple[str, ...]) -> str:
+    """The command line without the options that name this machine's places (store, data folder): what a results
+    folder prints as the command that regenerates it anywhere."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in machine_options:
+            skip = True
+        elif not arg.startswith(tuple(f"{option}=" for option in machine_options)):
+            kept.append(arg)
+    return "python -m benchmark " + shlex.join(kept)
+
+
 def read_config(args) -> Config:
     """The protocol, after the estimator plugins it may name: installed ones, then --estimator-plugin's."""
     plugins.load_installed()
@@ -437,7 +451,9 @@ def command_lambda_curve(args) -> int:
     store = open_store(args)
     seeds = list(range(CURVE_FIRST_SEED, CURVE_FIRST_SEED + args.seeds))
     best = run_lambda_curve(store, config, chosen, centers, args.points, args.decades, seeds,
-                            list(range(args.test_seeds)), splits, command_line(), Path(args.out), args.parallel)
+                            list(range(args.test_seeds)), splits,
+                            portable_command(sys.argv[1:], ("--tracking-uri", "--data-dir")), Path(args.out),
+                            args.parallel)
     for _, row in best.iterrows():
         print(f"{row.driver}: best λ {row.best_lambda:g} (validation ACC {row.val_ACC:.4f}, {row.curve_seeds} "
               f"seeds{'' if row.complete else ', curve incomplete'}{', at the grid edge' if row.at_edge else ''})",

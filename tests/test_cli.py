@@ -64,3 +64,12 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path):
         "fis_sampled, fis_batched, abs_fisher, sos, fis_maxpred, fis_pweighted, or a control: uniform, "
         "shuffled-<estimator>, layermean-<estimator>)"]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_published_command_leaves_out_this_machines_places():
+    from benchmark.cli import portable_command
+
+    argv = ["lambda-curve", "--seeds", "3", "--tracking-uri", "sqlite:////home/me/m.db", "--data-dir=/data",
+            "--out", "results/lambda-response"]
+    assert portable_command(argv, ("--tracking-uri", "--data-dir")) == \
+        "python -m benchmark lambda-curve --seeds 3 --out results/lambda-response"
