@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from benchmark import __version__
 from benchmark.config import SECTIONS, Config, parse_config
-from benchmark.environment import fingerprint
+from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS, fingerprint
 from benchmark.errors import UsageError
 from benchmark.experiment import config_hash
 from benchmark.loop import Cell, make_estimators, run_cells
@@ -65,7 +65,7 @@ METRICS = ("auc", *THRESHOLDS)
 KEYS = ["estimator", "order", "scope", "task"]  # one curve of one seed
 DEFAULT_SEEDS = 5
 EXPERIMENT = "sparsify"
-CURVES_FILE, SUMMARY_FILE, PER_SEED_FILE = "curves.csv", "summary.csv", "per_seed.csv"
+CURVES_FILE, SUMMARY_FILE = "curves.csv", "summary.csv"
 FIGURE_FILE = "sparsification.png"
 # the curve points evaluated at once: 67 steps (STEPS + 1 = 3 × 67) on 200 images, 16 MB of first-layer outputs
 SAMPLE_CHUNK, FRACTION_CHUNK = 200, 67
@@ -361,21 +361,26 @@ def trained_job(config: Config, seed: int, splits: dict[str, Splits]) -> Job:
     return Job(f"{config.protocol}-seed{seed}", seed, {**config.to_dict(), "seed": seed}, compute)
 
 
-def finished_curves(store: Store, resolved: dict) -> pd.DataFrame | None:
-    """The curves of a finished child run with the same configuration, if there is one (the newest)."""
+def finished_curves(store: Store, resolved: dict) -> tuple[pd.DataFrame, dict[str, str]] | None:
+    """The curves of a finished child run with the same configuration, if there is one (the newest), and where they
+    were computed (run_id and fingerprint; a run recorded before children carried one: its parent's)."""
     runs = store.find_runs(EXPERIMENT, kind="sparsify", config_hash=config_hash(resolved), status="FINISHED")
     if not runs:
         return None
+    tags = runs[0].tags if "fingerprint" in runs[0].tags else store.find_runs(
+        run_ids=[runs[0].tags["mlflow.parentRunId"]])[0].tags
     with tempfile.TemporaryDirectory() as tmp:
-        return pd.read_csv(store.download(runs[0].id, CURVES_FILE, tmp))
+        curves = pd.read_csv(store.download(runs[0].id, CURVES_FILE, tmp))
+    return curves, {**{key: tags.get(key, "") for key in FINGERPRINT_KEYS}, "run_id": runs[0].id}
 
 
-def record_job(store: Store, parent: Run, job: Job, progress: Progress) -> pd.DataFrame:
+def record_job(store: Store, parent: Run, job: Job, progress: Progress,
+               environment: dict[str, str]) -> tuple[pd.DataFrame, dict[str, str]]:
     """One child run: its config.json, curves.csv and summary.csv (curve_metrics), and each curve's area as a
     metric. Returns the curves as logged (6 significant digits), so that a reused run and a fresh one enter the
-    summary alike."""
+    summary alike, and the run's id and fingerprint."""
     run = store.start_run(EXPERIMENT, job.name, parent=parent, tags={
-        "kind": "sparsify", "seed": job.seed, "config_hash": config_hash(job.resolved),
+        "kind": "sparsify", "seed": job.seed, "config_hash": config_hash(job.resolved), **environment,
         **{key: job.resolved[key] for key in ("from_run", "task") if key in job.resolved}})
     try:
         run.log_json(job.resolved, "config.json")
@@ -386,7 +391,7 @@ def record_job(store: Store, parent: Run, job: Job, progress: Progress) -> pd.Da
         run.log_text(metrics.to_csv(index=False, float_format="%.6g"), SUMMARY_FILE)
         run.log_metrics({f"auc.{m.estimator}.{m.order}.{m.scope}.task{m.task}": m.auc for m in metrics.itertuples()})
         run.finish("FINISHED")
-        return curves
+        return curves, {**{key: environment.get(key, "") for key in FINGERPRINT_KEYS}, "run_id": run.id}
     except BaseException as e:
         run.set_tags({"failure_reason": f"{type(e).__name__}: {e}"[:5000]})
         run.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -405,19 +410,19 @@ def record(store: Store, jobs: list[Job], curves_per_job: int, tags: dict, comma
     progress.say(f"sparsify {parent.id} in experiment {EXPERIMENT} of {store.uri}: {len(jobs)} × {curves_per_job} "
                  "curves; a line per finished seed follows")
     try:
-        frames = []
+        frames, origins = [], []
         for job in jobs:
             started = time.monotonic()
-            curves = finished_curves(store, job.resolved)
-            reused = curves is not None
-            if not reused:
-                curves = record_job(store, parent, job, progress)
+            found = finished_curves(store, job.resolved)
+            reused = found is not None
+            curves, origin = found if reused else record_job(store, parent, job, progress, environment)
             frames.append(curves.assign(seed=job.seed))
+            origins.append(origin)
             progress.item_done(f"{'reused' if reused else 'sparsified'}: {job.name}, "
                                f"{duration(time.monotonic() - started)}", steps_skipped=curves_per_job if reused else 0)
         curves = pd.concat(frames, ignore_index=True)
-        per_seed = pd.concat([curve_metrics(frame).assign(seed=frame.seed.iloc[0]) for frame in frames],
-                             ignore_index=True)
+        per_seed = pd.concat([curve_metrics(frame).assign(seed=frame.seed.iloc[0], **origin)
+                              for frame, origin in zip(frames, origins)], ignore_index=True)
         summary = summarise(per_seed)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -447,7 +452,7 @@ def sparsify_trained(store: Store, config: Config, seeds: list[int], splits: dic
 def write_results(folder: Path, curves: pd.DataFrame, per_seed: pd.DataFrame, summary: pd.DataFrame, command: str,
                   runs: str, environment: dict[str, str]) -> None:
     curves.to_csv(folder / f"{CURVES_FILE}.gz", index=False, float_format="%.6g")
-    per_seed.to_csv(folder / PER_SEED_FILE, index=False, float_format="%.6g")
+    per_seed.to_csv(folder / CELLS_FILE, index=False, float_format="%.6g")
     summary.to_csv(folder / SUMMARY_FILE, index=False, float_format="%.6g")
     plot(curves, folder / FIGURE_FILE)
     (folder / "README.md").write_text(readme(summary, per_seed, command, runs, environment))
@@ -499,7 +504,8 @@ def readme(summary: pd.DataFrame, per_seed: pd.DataFrame, command: str, runs: st
         lines.append(f"| {estimator} | {order} | {scope} | {task} | "
                      + " | ".join(f"{100 * area[s]:.2f}" if s in area else "–" for s in seeds) + " |")
     lines += ["", f"Files: `{FIGURE_FILE}` (increasing order), `{SUMMARY_FILE}` (every metric with its interval and "
-              f"its paired difference from {REFERENCE}), `{PER_SEED_FILE}` (every metric per seed), "
+              f"its paired difference from {REFERENCE}), `{CELLS_FILE}` (every metric per seed, with the run and "
+              "fingerprint it came from), "
               f"`{CURVES_FILE}.gz` (every curve point: estimator, order, scope, task, fraction, accuracy, loss, "
               "seed).", ""]
     return "\n".join(lines)

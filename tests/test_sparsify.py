@@ -272,7 +272,7 @@ def test_sparsify_end_to_end_and_resumed(store_uri, tmp_path, capsys):
     assert curves.accuracy.between(0, 1).all() and (curves.loss > 0).all()
     assert len(pd.read_csv(artifacts / "summary.csv")) == 5 * 4
     assert json.loads((artifacts / "config.json").read_text())["seed"] in (0, 1)
-    for name in ("README.md", "summary.csv", "per_seed.csv", "curves.csv.gz", "sparsification.png"):
+    for name in ("README.md", "summary.csv", "cells.csv", "curves.csv.gz", "sparsification.png"):
         assert (out / name).stat().st_size > 0, name
     summary = pd.read_csv(out / "summary.csv")
     assert (summary.n == 2).all() and (summary[summary.estimator == "magnitude"].auc_minus_magnitude == 0).all()
