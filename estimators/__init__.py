@@ -30,8 +30,10 @@ __all__ = ["ESTIMATORS", "NAMES", "Estimator", *(cls for _, cls in CLASSES.value
 
 
 def __getattr__(attribute: str):
-    if attribute == "ESTIMATORS":  # name → class, every built-in estimator
-        return {name: getattr(importlib.import_module(module), cls) for name, (module, cls) in CLASSES.items()}
+    if attribute == "ESTIMATORS":  # name → class, every built-in estimator; built once, then a module attribute
+        globals()["ESTIMATORS"] = classes = {name: getattr(importlib.import_module(module), cls)
+                                             for name, (module, cls) in CLASSES.items()}
+        return classes
     if attribute == "Estimator":
         from estimators.base import Estimator
 
