@@ -230,7 +230,7 @@ class CellRecord:
             **({"lambda_study": resolved["lambda_study"]} if resolved["lambda_study"] else {}),
         })
         self.tasks_done, self.global_epoch = 0, 0
-        self.test_rows, self.validation_rows, self.correlations = [], [], []
+        self.test_rows, self.validation_rows, self.loss_rows, self.correlations = [], [], [], []
 
     def start(self) -> None:
         self.run.log_params(flatten({k: v for k, v in self.resolved.items() if k != "penalty"}))
@@ -246,6 +246,7 @@ class CellRecord:
         run, t = self.run, result.task
         self.test_rows.append(result.test_accuracy)
         self.validation_rows.append(result.validation_accuracy)
+        self.loss_rows.append(result.test_loss)
         validation = {"val_acc": average_accuracy(np.array(self.validation_rows)),
                       **{f"val_acc_task_{j}": a for j, a in enumerate(result.validation_accuracy)}} \
             if result.validation_accuracy else {}  # none in a protocol without a validation split
@@ -276,6 +277,7 @@ class CellRecord:
         has_validation = bool(self.validation_rows[0])
         matrices = [(self.test_rows, "accuracy_matrix.csv")]
         matrices += [(self.validation_rows, "validation_accuracy_matrix.csv")] if has_validation else []
+        matrices += [(self.loss_rows, "loss_matrix.csv")]
         for rows, path in matrices:
             table = pd.DataFrame(rows, columns=columns)
             table.insert(0, "after_task", range(len(rows)))

@@ -87,10 +87,18 @@ class Penalty:
 
 
 @dataclass
+class Scores:
+    """Accuracy and mean cross-entropy loss on every task j of the sequence, in task order (empty: no such split)."""
+    accuracy: list[float]
+    loss: list[float]
+
+
+@dataclass
 class TaskResult:
     task: int
     test_accuracy: list[float]  # on every task j of the sequence, after training this task
     validation_accuracy: list[float]
+    test_loss: list[float]  # mean cross-entropy on every task j's test images (through its evaluation head)
     increments: Importances  # this task's own importance, per estimator
     accumulated: Importances  # over tasks 0..task (see accumulate): what a penalty driven by that estimator sees
     state_dict: dict[str, Tensor]
@@ -305,10 +313,12 @@ def run_cells(config: Config, cells: list[Cell], use_test_split: bool = True,
             t.accumulated = accumulate(t.accumulated, increment, config)
             if t.cell.driver != "none":
                 t.penalty.consolidate(t.params, [t.accumulated[t.cell.driver][n] for n in t.names])
+            test = evaluate(t.model, t.cell.scenario, "test", task) if use_test_split else Scores([], [])
             results.append(TaskResult(
                 task=task,
-                test_accuracy=evaluate(t.model, t.cell.scenario, "test", task) if use_test_split else [],
-                validation_accuracy=evaluate(t.model, t.cell.scenario, "validation", task),
+                test_accuracy=test.accuracy,
+                validation_accuracy=evaluate(t.model, t.cell.scenario, "validation", task).accuracy,
+                test_loss=test.loss,
                 increments=increment,
                 accumulated=t.accumulated,
                 state_dict={k: v.detach().clone() for k, v in t.model.state_dict().items()},
@@ -422,51 +432,59 @@ def train_step(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Opt
 
 
 @torch.no_grad()
-def task_accuracies(model: nn.Sequential, split: Split, permutations: Tensor, chunk: int = 500) -> list[float]:
-    """The model's accuracy on every task j of the sequence, task j's images being split.x[:, permutations[j]];
-    none for an empty split (a protocol without a validation split).
+def task_scores(model: nn.Sequential, split: Split, permutations: Tensor, chunk: int = 500) -> Scores:
+    """The model's accuracy and mean cross-entropy loss on every task j of the sequence, task j's images being
+    split.x[:, permutations[j]]; none for an empty split (a protocol without a validation split).
 
     Rather than gather ten permuted copies of the images, the first layer's weight columns are permuted —
     x[:, p] Wᵀ = x W[:, argsort(p)]ᵀ — and the first layers of all tasks run as one matrix product. Same model,
     same images; only the order of the float additions inside the first layer differs.
     """
     if not len(split.x):
-        return []
+        return Scores([], [])
     first, rest = model[0], model[1:]
     tasks, hidden = len(permutations), first.out_features
     inverse = permutations.argsort(dim=1).to(first.weight.device)
     weight = first.weight[:, inverse].transpose(0, 1).reshape(tasks * hidden, first.in_features)
     bias = first.bias.repeat(tasks)
     correct = torch.zeros(tasks, dtype=torch.int64, device=first.weight.device)
+    loss = torch.zeros(tasks, dtype=torch.float64, device=first.weight.device)
     for start in range(0, len(split.x), chunk):
         x, y = split.x[start:start + chunk], split.y[start:start + chunk]
         h = torch.addmm(bias, x, weight.T).view(len(x), tasks, hidden).transpose(0, 1)
         logits = rest(h.reshape(tasks * len(x), hidden)).view(tasks, len(x), -1)
         correct += (logits.argmax(2) == y).sum(1)
-    return (correct.double() / len(split.x)).tolist()
+        loss += F.cross_entropy(logits.transpose(1, 2), y.expand(tasks, -1), reduction="none").double().sum(1)
+    return Scores((correct.double() / len(split.x)).tolist(), (loss / len(split.x)).tolist())
 
 
-def evaluate(model: nn.Module, scenario: TaskSequence, split: str, trained: int) -> list[float]:
-    """The model's accuracy on every task of the sequence on one split after training task `trained`, each task
-    through its evaluation head (scenario.evaluation_head); none for an empty split. The paper's MLP on permuted
-    tasks takes task_accuracies' shortcut."""
+def evaluate(model: nn.Module, scenario: TaskSequence, split: str, trained: int) -> Scores:
+    """The model's accuracy and mean cross-entropy loss on every task of the sequence on one split after training
+    task `trained`, each task through its evaluation head (scenario.evaluation_head); none for an empty split. The
+    paper's MLP on permuted tasks takes task_scores' shortcut."""
     if isinstance(scenario, PermutedMNIST) and isinstance(model, nn.Sequential) and isinstance(model[0], nn.Linear):
-        return task_accuracies(model, getattr(scenario, split), torch.from_numpy(scenario.permutations))
-    accuracies = []
+        return task_scores(model, getattr(scenario, split), torch.from_numpy(scenario.permutations))
+    scores = Scores([], [])
     for task in range(scenario.tasks):
         x, y = scenario.split(split, task)
         if not len(x):
-            return []
+            return Scores([], [])
         with task_head(model, evaluation_head(scenario, task, trained)):
-            accuracies.append(accuracy(model, x, y))
-    return accuracies
+            accuracy, loss = score(model, x, y)
+        scores.accuracy.append(accuracy)
+        scores.loss.append(loss)
+    return scores
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 500) -> float:
-    correct = sum(int((model(x[start:start + chunk]).argmax(1) == y[start:start + chunk]).sum())
-                  for start in range(0, len(x), chunk))
-    return correct / len(x)
+def score(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 500) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy loss of the model on (x, y)."""
+    correct, loss = 0, 0.0
+    for start in range(0, len(x), chunk):
+        logits, labels = model(x[start:start + chunk]), y[start:start + chunk]
+        correct += int((logits.argmax(1) == labels).sum())
+        loss += float(F.cross_entropy(logits, labels, reduction="sum").double())
+    return correct / len(x), loss / len(x)
 
 
 @contextmanager

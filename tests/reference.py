@@ -89,6 +89,12 @@ def accuracy(model: nn.Module, x, y) -> float:
     return float((model(x).argmax(1) == y).double().mean())
 
 
+@torch.no_grad()
+def mean_loss(model: nn.Module, x, y) -> float:
+    """Mean cross-entropy, one image at a time, in float64."""
+    return sum(-float(F.log_softmax(model(x[n:n + 1]).double(), 1)[0, y[n]]) for n in range(len(x))) / len(x)
+
+
 def expected_gradient_loop(model: nn.Module, x, transform) -> dict[str, torch.Tensor]:
     """mean_n Σ_y p(y|x_n) transform(∂ log p(y|x_n) / ∂θ): one autograd call per sample and class."""
     params = dict(model.named_parameters())

@@ -22,7 +22,7 @@ from benchmark.loop import make_estimators
 from benchmark.model import make_mlp
 from benchmark.scenario import draw_permutations, make_scenario, make_splits
 from tests.conftest import DATA_DIR
-from tests.reference import accuracy
+from tests.reference import accuracy, mean_loss
 
 pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
 
@@ -145,7 +145,7 @@ def test_artifact_layout(smoke_store):
     _, _, root = child(smoke_store, "mas")
     files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
     expected = {"config.json", "permutations.npy", "importance_samples.npy", "accuracy_matrix.csv",
-                "validation_accuracy_matrix.csv", "correlations.csv"}
+                "validation_accuracy_matrix.csv", "loss_matrix.csv", "correlations.csv"}
     expected |= {f"tasks/task_{t:02d}/{f}" for t in range(3) for f in ("state_dict.safetensors",
                                                                          "importances.safetensors")}
     assert files == expected
@@ -189,17 +189,20 @@ def test_correlations_table(smoke_store):
     np.testing.assert_allclose(first["accumulated"], first["increment"])
 
 
-def test_state_dicts_reproduce_the_accuracies(smoke_store, mnist):
+def test_state_dicts_reproduce_the_accuracies_and_losses(smoke_store, mnist):
     _, _, root = child(smoke_store, "mas")
     config = load_config("smoke")
     scenario = make_scenario(make_splits(config.data, mnist), config.data.tasks, seed=0)
     R = pd.read_csv(root / "accuracy_matrix.csv").drop(columns="after_task").to_numpy()
+    L = pd.read_csv(root / "loss_matrix.csv").drop(columns="after_task").to_numpy()
     for t in range(3):
         model = make_mlp(config.model)
         model.load_state_dict(load_file(root / f"tasks/task_{t:02d}/state_dict.safetensors"))
         model.eval()
         measured = [accuracy(model, scenario.inputs(scenario.test, j), scenario.test.y) for j in range(3)]
         np.testing.assert_allclose(measured, R[t])
+        losses = [mean_loss(model, scenario.inputs(scenario.test, j), scenario.test.y) for j in range(3)]
+        np.testing.assert_allclose(losses, L[t], rtol=1e-5)
 
 
 def test_stored_importances_are_each_tasks_own(smoke_store, mnist):

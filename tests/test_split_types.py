@@ -102,15 +102,25 @@ def test_evaluation_follows_the_types_rule(split_type):
     sequence = synthetic_sequence(split_type)
     model = small_mlp().eval()
     for trained in range(sequence.tasks):
-        by_hand = []
+        by_hand, loss_by_hand = [], []
         for task in range(sequence.tasks):
             units = EVALUATION_HEADS[split_type](task, trained)
             assert evaluation_head(sequence, task, trained).tolist() == units
             x, y = sequence.split("test", task)
             with torch.no_grad():
-                predicted = torch.tensor(units)[model(x)[:, units].argmax(1)]
+                logits = model(x)[:, units]
+            predicted = torch.tensor(units)[logits.argmax(1)]
             by_hand.append(float((predicted == y).double().mean()))
-        assert evaluate(model, sequence, "test", trained) == pytest.approx(by_hand, abs=1e-12)
+            # the loss over the head's units only: infinite where a label lies outside them (class-incremental,
+            # a task not yet trained), else the label's position among them
+            if not set(y.tolist()) <= set(units):
+                loss_by_hand.append(float("inf"))
+                continue
+            position = torch.tensor([units.index(int(label)) for label in y])
+            loss_by_hand.append(float(-logits.double().log_softmax(1)[range(len(y)), position].mean()))
+        scores = evaluate(model, sequence, "test", trained)
+        assert scores.accuracy == pytest.approx(by_hand, abs=1e-12)
+        assert scores.loss == pytest.approx(loss_by_hand, rel=1e-5)
 
 
 @pytest.mark.parametrize("split_type", TYPES)
