@@ -94,8 +94,9 @@ def make_parser() -> Parser:
 
     # options every command that trains shares
     training = Parser(add_help=False)
-    training.add_argument("--protocol", default="paper",
-                          help=f"shipped protocol: {', '.join(PROTOCOLS)} (default paper)")
+    # no default here: the parsers below share this action, and a default set on one would be every command's
+    training.add_argument("--protocol", help=f"shipped protocol: {', '.join(PROTOCOLS)} (default paper; "
+                                             "sparsify's: sparsify)")
     training.add_argument("--config", metavar="FILE",
                           help="a protocol file of your own (copy one from benchmark/protocols)")
     training.add_argument("--data-dir", default=None,
@@ -179,7 +180,7 @@ def make_parser() -> Parser:
 
     sparsify = commands.add_parser("sparsify", parents=[training], help="accuracy as the weights are zeroed in the "
                                    "order of each importance (sparsification curves), into experiment sparsify")
-    sparsify.set_defaults(protocol="sparsify")
+    sparsify.set_defaults(protocol_default="sparsify")
     sparsify.add_argument("--seeds", type=int_at_least(1), help="number of seeds (default 5)")
     sparsify.add_argument("--first-seed", type=int_at_least(0), help="seeds are first-seed … first-seed+seeds-1 "
                           "(default 0)")
@@ -248,7 +249,8 @@ def read_config(args) -> Config:
     plugins.load_installed()
     for spec in args.estimator_plugin:
         plugins.load(spec)
-    config = load_config(protocol=None if args.config else args.protocol, path=args.config)
+    protocol = args.protocol or getattr(args, "protocol_default", "paper")
+    config = load_config(protocol=None if args.config else protocol, path=args.config)
     if args.dataset:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=args.dataset))
     return config
@@ -468,7 +470,7 @@ def command_sparsify(args) -> int:
         raise UsageError("--task needs --from-run")
     given = [flag for flag, value in (("--seeds", args.seeds), ("--first-seed", args.first_seed),
                                       ("--config", args.config), ("--dataset", args.dataset)) if value is not None]
-    if args.from_run is not None and (given or args.protocol != "sparsify"):
+    if args.from_run is not None and (given or args.protocol is not None):
         raise UsageError(f"--from-run takes the run's own protocol and seed: drop {(given or ['--protocol'])[0]}")
     refuse_dirty_results(args.out, args.allow_dirty)
     from benchmark import sparsify  # after the checks of the input: it imports torch

@@ -73,3 +73,16 @@ def test_a_published_command_leaves_out_this_machines_places():
             "--out", "results/lambda-response"]
     assert portable_command(argv, ("--tracking-uri", "--data-dir")) == \
         "python -m benchmark lambda-curve --seeds 3 --out results/lambda-response"
+
+
+@pytest.mark.parametrize(("argv", "protocol"), [
+    (["run"], "paper"), (["tune", "--driver", "mas"], "paper"), (["lambda-curve"], "paper"),
+    (["sparsify"], "sparsify"), (["run", "--protocol", "smoke"], "smoke"), (["sparsify", "--protocol", "smoke"], "smoke"),
+])
+def test_each_command_reads_its_own_default_protocol(argv, protocol):
+    # sparsify's default once leaked into every command sharing the --protocol option: `run` trained sparsify
+    from benchmark.cli import make_parser, read_config
+
+    for _ in range(2):  # the parser built twice: nothing one build sets may leak into the next
+        args = make_parser().parse_args(argv)
+        assert read_config(args).protocol == protocol
