@@ -77,7 +77,8 @@ def test_a_published_command_leaves_out_this_machines_places():
 
 @pytest.mark.parametrize(("argv", "protocol"), [
     (["run"], "paper"), (["tune", "--driver", "mas"], "paper"), (["lambda-curve"], "paper"),
-    (["sparsify"], "sparsify"), (["run", "--protocol", "smoke"], "smoke"), (["sparsify", "--protocol", "smoke"], "smoke"),
+    (["sparsify"], "sparsify"), (["run", "--protocol", "smoke"], "smoke"),
+    (["sparsify", "--protocol", "smoke"], "smoke"),
 ])
 def test_each_command_reads_its_own_default_protocol(argv, protocol):
     # sparsify's default once leaked into every command sharing the --protocol option: `run` trained sparsify
