@@ -213,6 +213,18 @@ def make_parser() -> Parser:
                         help="write under results/ although the code or the runs have uncommitted changes (the "
                              "report says so)")
 
+    predict = commands.add_parser("predict-forgetting", help="predicted (½ Σ Ω Δθ²) against actual rise of every old "
+                                  "task's test loss, per estimator and layer, from a sweep of `run "
+                                  "--log-importances all`")
+    predict.add_argument("--experiment", metavar="NAME",
+                         help="the latest sweep of this experiment (default: the latest sweep in the store)")
+    predict.add_argument("--sweep", metavar="RUN_ID", help="a sweep's parent run id instead")
+    predict.add_argument("--out", default="forgetting-prediction",
+                         help="output folder (default ./forgetting-prediction)")
+    predict.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (as for run)")
+    predict.add_argument("--allow-dirty", action="store_true",
+                         help="write under results/ although the code has uncommitted changes")
+
     verify = commands.add_parser("verify", help="rerun cells of a published results folder here and judge them "
                                  "against its cells.csv")
     verify.add_argument("folder", help="a report folder with cells.csv, e.g. results/smoke-verify")
@@ -226,8 +238,8 @@ def make_parser() -> Parser:
     return parser
 
 
-def command_line() -> str:
-    return "python -m benchmark " + shlex.join(sys.argv[1:])
+def command_line(argv: list[str]) -> str:
+    return "python -m benchmark " + shlex.join(argv)
 
 
 def portable_command(argv: list[str], machine_options: tuple[str, ...]) -> str:
@@ -354,7 +366,7 @@ def command_run(args) -> int:
     store = open_store(args)
     print("\n".join(provenance), file=sys.stderr)  # after every check of the input, before the first cell
     statuses, reused = run_sweep(store, config, chosen, seeds, lambdas, splits, args.log_importances,
-                                 command_line(), args.parallel, executor, device)
+                                 command_line(args.argv), args.parallel, executor, device)
     failed = [f"{d}/seed {s}" for (d, s), status in statuses.items() if status != "FINISHED"]
     print(f"{len(statuses) - len(failed)} of {len(statuses)} runs finished in experiment "
           f"{experiment_name(config)} of {store.uri}" + (f"; failed: {', '.join(failed)}" if failed else "")
@@ -398,7 +410,8 @@ def command_tune(args) -> int:
         _, device = on_cluster(config, args, options)
         store = open_store(args)
         failures = tune_on_cluster(store, storage, storage_url, config, to_tune, args.trials, options["workers"],
-                                   seeds, command_line(), args.sampler_seed, data_dir(args), not args.no_download,
+                                   seeds, command_line(args.argv), args.sampler_seed, data_dir(args),
+                                   not args.no_download,
                                    device, options["ray_cpus"], options["ray_gpus"])
         for driver in to_tune:
             print_study(tuning.load_study(storage, driver, config), storage_url)
@@ -409,7 +422,7 @@ def command_tune(args) -> int:
     store = open_store(args)
     for driver in to_tune:
         print_study(tuning.tune(store, storage, storage_url, config, driver, args.trials, seeds, splits,
-                                command_line(), args.sampler_seed), storage_url)
+                                command_line(args.argv), args.sampler_seed), storage_url)
     return 0
 
 
@@ -454,7 +467,7 @@ def command_lambda_curve(args) -> int:
     seeds = list(range(CURVE_FIRST_SEED, CURVE_FIRST_SEED + args.seeds))
     best = run_lambda_curve(store, config, chosen, centers, args.points, args.decades, seeds,
                             list(range(args.test_seeds)), splits,
-                            portable_command(sys.argv[1:], ("--tracking-uri", "--data-dir")), Path(args.out),
+                            portable_command(args.argv, ("--tracking-uri", "--data-dir")), Path(args.out),
                             args.parallel)
     for _, row in best.iterrows():
         print(f"{row.driver}: best λ {row.best_lambda:g} (validation ACC {row.val_ACC:.4f}, {row.curve_seeds} "
@@ -483,12 +496,13 @@ def command_sparsify(args) -> int:
         seeds = list(range(first, first + (args.seeds or sparsify.DEFAULT_SEEDS)))
         splits = load_data(config, args)
         store = open_store(args)
-        sparsify.sparsify_trained(store, config, seeds, splits, command_line(), Path(args.out))
+        sparsify.sparsify_trained(store, config, seeds, splits, command_line(args.argv), Path(args.out))
     else:
         store = open_store(args, must_exist=True)
         logged = sparsify.read_logged_run(store, args.from_run, args.task)
         sparsify.check_model(make_model(logged.config.model))
-        sparsify.sparsify_logged(store, logged, load_data(logged.config, args), command_line(), Path(args.out))
+        sparsify.sparsify_logged(store, logged, load_data(logged.config, args), command_line(args.argv),
+                                  Path(args.out))
     print(f"sparsification curves in experiment {sparsify.EXPERIMENT} of {store.uri}; summary in {args.out}/README.md",
           file=sys.stderr)
     return 0
@@ -526,9 +540,24 @@ def command_report(args) -> int:
                   "NAME or --sweep RUN_ID", file=sys.stderr)
             sweeps.append(latest.id)
     index = build_report(store, Path(args.out), sweep_ids=sweeps, run_ids=runs, param=args.param, kind=args.kind,
-                         command=command_line(), compact=args.compact,
+                         command=command_line(args.argv), compact=args.compact,
                          for_results=for_results, allow_dirty=args.allow_dirty)
     print(f"report written to {index}", file=sys.stderr)
+    return 0
+
+
+def command_predict_forgetting(args) -> int:
+    from pathlib import Path
+
+    from benchmark.forgetting_prediction import write
+    from benchmark.report.collect import latest_sweep, load_sweep
+
+    refuse_dirty_results(args.out, args.allow_dirty)
+    store = open_store(args, must_exist=True)
+    sweep_id = args.sweep or latest_sweep(store, args.experiment).id
+    readme = write(store, load_sweep(store, [sweep_id], None), Path(args.out),
+                   portable_command(args.argv, ("--tracking-uri",)))
+    print(f"written to {readme}", file=sys.stderr)
     return 0
 
 
@@ -541,7 +570,7 @@ def command_verify(args) -> int:
 
 
 COMMANDS = {"run": command_run, "tune": command_tune, "lambda-curve": command_lambda_curve, "report": command_report,
-            "sparsify": command_sparsify,
+            "sparsify": command_sparsify, "predict-forgetting": command_predict_forgetting,
             "verify": command_verify}
 
 
@@ -553,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     try:
         args = make_parser().parse_args(argv)
+        args.argv = sys.argv[1:] if argv is None else list(argv)  # what the results it writes say made them
         return COMMANDS[args.command](args)
     except UsageError as e:
         print(f"benchmark: error: {e}", file=sys.stderr)
