@@ -8,7 +8,7 @@ estimators (estimators.observe) observe every cell; only the driver's importance
 import math
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +17,10 @@ from torch import Tensor, nn
 
 from benchmark import plugins
 from benchmark.config import Config
+from benchmark.evaluation import Scores, evaluate, task_head
 from benchmark.model import make_model
-from benchmark.scenario import PermutedMNIST, Split, TaskSequence, evaluation_head
+from benchmark.penalty import Penalty
+from benchmark.scenario import TaskSequence
 from estimators import ESTIMATORS, Estimator
 from estimators.controls import Control
 from estimators.names import base_estimator
@@ -43,54 +45,6 @@ class Diverged(RuntimeError):
     def __init__(self, task: int, step: int, loss: float):
         super().__init__(f"loss became {loss} at task {task}, step {step}")
         self.task, self.step = task, step
-
-
-class Penalty:
-    """λ Σ_i Ω_i (θ_i − θ*_i)², with Ω the driver's importances summed over finished tasks and θ* the
-    parameters after the latest finished task (no ½, as in the paper author's code).
-
-    Applied through its exact gradient 2λΩ(θ − θ*), added to the task loss's gradient: SI needs the task
-    gradient on its own, and this way one backward pass gives both.
-    """
-
-    def __init__(self, lam: float):
-        self.lam = lam
-        self.omega: list[Tensor] = []
-        self.anchor: list[Tensor] = []
-
-    def consolidate(self, params: list[Tensor], omega: list[Tensor]) -> None:
-        self.omega = [o.detach().clone() for o in omega]
-        self.anchor = [p.detach().clone() for p in params]
-        self.diff = [torch.empty_like(a) for a in self.anchor]  # reused every step: no allocation per step
-
-    @property
-    def active(self) -> bool:
-        return self.lam != 0 and bool(self.omega)
-
-    def add_gradient(self, params: list[Tensor], out: list[Tensor] | None = None) -> None:
-        """p.grad += 2λΩ(θ − θ*) for every parameter; with out, the sum goes there and p.grad is left as it was."""
-        if not self.active:
-            return
-        for diff, p, anchor in zip(self.diff, params, self.anchor):
-            torch.sub(p.detach(), anchor, out=diff)
-        if out is None:
-            torch._foreach_addcmul_([p.grad for p in params], self.omega, self.diff, value=2 * self.lam)
-            return
-        for total, p, omega, diff in zip(out, params, self.omega, self.diff):
-            torch.addcmul(p.grad, omega, diff, value=2 * self.lam, out=total)
-
-    def value(self, params: list[Tensor]) -> float:
-        if not self.active:
-            return 0.0
-        return self.lam * sum(float((o * (p.detach() - a).square()).sum())
-                              for p, o, a in zip(params, self.omega, self.anchor))
-
-
-@dataclass
-class Scores:
-    """Accuracy and mean cross-entropy loss on every task j of the sequence, in task order (empty: no such split)."""
-    accuracy: list[float]
-    loss: list[float]
 
 
 @dataclass
@@ -429,80 +383,3 @@ def train_step(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Opt
         for observer in t.observers:
             observer.observe_step(b.task_grads, total_grads, b.step_change)
     return [loss.detach() for loss in losses]
-
-
-@torch.no_grad()
-def task_scores(model: nn.Sequential, split: Split, permutations: Tensor, chunk: int = 500) -> Scores:
-    """The model's accuracy and mean cross-entropy loss on every task j of the sequence, task j's images being
-    split.x[:, permutations[j]]; none for an empty split (a protocol without a validation split).
-
-    Rather than gather ten permuted copies of the images, the first layer's weight columns are permuted —
-    x[:, p] Wᵀ = x W[:, argsort(p)]ᵀ — and the first layers of all tasks run as one matrix product. Same model,
-    same images; only the order of the float additions inside the first layer differs.
-    """
-    if not len(split.x):
-        return Scores([], [])
-    first, rest = model[0], model[1:]
-    tasks, hidden = len(permutations), first.out_features
-    inverse = permutations.argsort(dim=1).to(first.weight.device)
-    weight = first.weight[:, inverse].transpose(0, 1).reshape(tasks * hidden, first.in_features)
-    bias = first.bias.repeat(tasks)
-    correct = torch.zeros(tasks, dtype=torch.int64, device=first.weight.device)
-    loss = torch.zeros(tasks, dtype=torch.float64, device=first.weight.device)
-    for start in range(0, len(split.x), chunk):
-        x, y = split.x[start:start + chunk], split.y[start:start + chunk]
-        h = torch.addmm(bias, x, weight.T).view(len(x), tasks, hidden).transpose(0, 1)
-        logits = rest(h.reshape(tasks * len(x), hidden)).view(tasks, len(x), -1)
-        correct += (logits.argmax(2) == y).sum(1)
-        loss += F.cross_entropy(logits.transpose(1, 2), y.expand(tasks, -1), reduction="none").double().sum(1)
-    return Scores((correct.double() / len(split.x)).tolist(), (loss / len(split.x)).tolist())
-
-
-def evaluate(model: nn.Module, scenario: TaskSequence, split: str, trained: int) -> Scores:
-    """The model's accuracy and mean cross-entropy loss on every task of the sequence on one split after training
-    task `trained`, each task through its evaluation head (scenario.evaluation_head); none for an empty split. The
-    paper's MLP on permuted tasks takes task_scores' shortcut."""
-    if isinstance(scenario, PermutedMNIST) and isinstance(model, nn.Sequential) and isinstance(model[0], nn.Linear):
-        return task_scores(model, getattr(scenario, split), torch.from_numpy(scenario.permutations))
-    scores = Scores([], [])
-    for task in range(scenario.tasks):
-        x, y = scenario.split(split, task)
-        if not len(x):
-            return Scores([], [])
-        with task_head(model, evaluation_head(scenario, task, trained)):
-            accuracy, loss = score(model, x, y)
-        scores.accuracy.append(accuracy)
-        scores.loss.append(loss)
-    return scores
-
-
-@torch.no_grad()
-def score(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 500) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy loss of the model on (x, y)."""
-    correct, loss = 0, 0.0
-    for start in range(0, len(x), chunk):
-        logits, labels = model(x[start:start + chunk]), y[start:start + chunk]
-        correct += int((logits.argmax(1) == labels).sum())
-        loss += float(F.cross_entropy(logits, labels, reduction="sum").double())
-    return correct / len(x), loss / len(x)
-
-
-@contextmanager
-def task_head(model: nn.Module, classes: Tensor | None) -> Iterator[None]:
-    """Within it the model's logits outside `classes` are −inf, so that softmax, the loss, the prediction and
-    every importance see only the task's classes: one head per task (the output layer's rows of its classes,
-    task-incremental), while the model stays one module with one output, whatever the model. None: all classes."""
-    if classes is None:
-        yield
-        return
-
-    def mask(_module, _args, out: Tensor) -> Tensor:
-        keep = torch.zeros(out.shape[-1], dtype=torch.bool, device=out.device)
-        keep[classes] = True
-        return out.masked_fill(~keep, float("-inf"))
-
-    handle = model.register_forward_hook(mask)
-    try:
-        yield
-    finally:
-        handle.remove()

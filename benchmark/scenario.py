@@ -17,7 +17,7 @@ optionally rotated (the author's MNIST → Fashion-MNIST → MNIST rotated 90° 
 
 Split tasks come in van de Ven et al.'s three incremental-learning types ("Three types of incremental learning",
 Nature Machine Intelligence 2022), data.split_type; a head is the set of output units the softmax runs over
-(loop.task_head masks the others' logits to −∞), for the loss, the prediction and every importance alike:
+(evaluation.task_head masks the others' logits to −∞), for the loss, the prediction and every importance alike:
     task    task t's own head, its classes 2t and 2t+1, in training and whenever task t is evaluated
     domain  one head of 2 units for every task, units 0 and 1; the label is the digit mod 2 (even or odd)
     class   one head over every class seen so far: classes 0 … 2t+1 while task t trains; after task i every

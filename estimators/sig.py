@@ -12,7 +12,7 @@ Bias b_i of any of them (BatchNorm's β too):  Ω = mean over samples (and posit
     (leakyReLU in the paper's MLP and after the conv net's BatchNorm); softmax of the model's output for the
     layer that produces it (the paper's output layer); else the layer's output itself (a Conv2d whose output
     goes to BatchNorm).
-A head (split tasks; benchmark/loop.py's task_head masks the logits of the other output units to −∞): an output
+A head (split tasks; benchmark/evaluation.py's task_head masks the logits of the other output units to −∞): an output
     unit outside it passes nothing on, so the signal through its weights reaches no output and they get 0, as its
     bias does (its softmax is 0) — the head's weights only, as the gradient-based importances give.
 

@@ -63,7 +63,7 @@ def signal_loop(model: nn.Sequential, x, classes=None) -> dict[str, torch.Tensor
 
 class HeadLogits:
     """A model seen through a head: its logits of `classes` only, in that order, so that a reference's softmax
-    runs over the head as written out rather than through loop.task_head's −∞ mask; its parameters are the
+    runs over the head as written out rather than through evaluation.task_head's −∞ mask; its parameters are the
     model's, by the same names. Labels go with it as positions in classes (head_labels)."""
 
     def __init__(self, model: nn.Module, classes):

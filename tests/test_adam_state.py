@@ -16,9 +16,9 @@ from safetensors.torch import load
 
 from benchmark.cli import main
 from benchmark.config import PROTOCOL_DIR, load_config
+from benchmark.evaluation import task_scores
 from benchmark.experiment import NOT_RUN, cell_config, config_hash, run_sweep
 from benchmark.lambdas import Lambda
-from benchmark.loop import task_accuracies
 from benchmark.model import make_model
 from benchmark.scenario import load_splits, make_task_sequence
 from tests.conftest import DATA_DIR
@@ -99,7 +99,7 @@ def authors_chain(config, splits, seeds: list[int]) -> dict[int, tuple[list[list
                     optimizer.zero_grad()
                     F.cross_entropy(model(x[order[start:start + batch]]), y[order[start:start + batch]]).backward()
                     optimizer.step()
-            rows.append(task_accuracies(model, scenario.test, torch.from_numpy(scenario.permutations)))
+            rows.append(task_scores(model, scenario.test, torch.from_numpy(scenario.permutations)).accuracy)
         chain[seed] = rows, {k: v.detach().clone() for k, v in model.state_dict().items()}
     return chain
 

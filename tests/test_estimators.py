@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.config import ModelConfig, load_config
-from benchmark.loop import Cell, Penalty, Stack, Trainee, make_optimizer, train_task
+from benchmark.loop import Cell, Stack, Trainee, make_optimizer, train_task
 from benchmark.model import make_mlp
+from benchmark.penalty import Penalty
 from estimators import EmpiricalFisher, MemoryAwareSynapses, SignalImportance, SynapticIntelligence
 from tests.reference import fisher_loop, mas_loop, signal_loop
 

@@ -17,7 +17,7 @@ FORBIDDEN = [
     ("benchmark.report", "benchmark.tuning"),
     # the low-level modules every layer may use import nothing above them
     *[(low, high) for low in ("benchmark.errors", "benchmark.environment", "benchmark.metrics", "benchmark.progress",
-                              "benchmark.config")
+                              "benchmark.config", "benchmark.penalty", "benchmark.evaluation")
       for high in ("benchmark.experiment", "benchmark.tuning", "benchmark.loop", "benchmark.report",
                    "benchmark.cluster", "benchmark.lambda_curve", "benchmark.verify")],
 ]

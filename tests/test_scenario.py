@@ -83,10 +83,10 @@ def test_corrupt_mnist_is_a_usage_error(tmp_path):
         load_dataset(tmp_path, download=False)
 
 
-def test_task_accuracies_equal_the_model_on_permuted_images(mnist):
-    from benchmark.loop import task_accuracies
+def test_task_scores_equal_the_model_on_permuted_images(mnist):
+    from benchmark.evaluation import task_scores
     from benchmark.model import make_mlp
-    from tests.reference import accuracy
+    from tests.reference import accuracy, mean_loss
 
     config = load_config("smoke")
     scenario = make_scenario(make_splits(config.data, mnist), tasks=5, seed=1)
@@ -99,8 +99,11 @@ def test_task_accuracies_equal_the_model_on_permuted_images(mnist):
         torch.nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
     model.eval()
-    fast = task_accuracies(model, scenario.test, torch.from_numpy(scenario.permutations), chunk=333)
+    scores = task_scores(model, scenario.test, torch.from_numpy(scenario.permutations), chunk=333)
+    fast = scores.accuracy
     plain = [accuracy(model, scenario.inputs(scenario.test, j), scenario.test.y) for j in range(5)]
+    losses = [mean_loss(model, scenario.inputs(scenario.test, j), scenario.test.y) for j in range(5)]
+    assert scores.loss == pytest.approx(losses, rel=1e-5)
     assert fast == pytest.approx(plain, abs=2 / len(scenario.test.y))  # a tie in float rounding at most
     assert fast[2] > 0.8 and max(fast[:2] + fast[3:]) < 0.3
 

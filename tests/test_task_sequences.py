@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from benchmark.cli import main
 from benchmark.config import load_config
-from benchmark.loop import evaluate, task_head
+from benchmark.evaluation import evaluate, task_head
 from benchmark.model import make_model
 from benchmark.scenario import datasets_needed, load_dataset, make_splits, make_task_sequence, rotate
 from tests.conftest import DATA_DIR
@@ -101,7 +101,7 @@ def test_evaluation_uses_each_tasks_head(mnist):
         x, y = sequence.split("test", task)
         pair = torch.tensor([2 * task, 2 * task + 1])
         by_hand.append(float((model(x)[:, pair].argmax(1) + 2 * task == y).double().mean()))
-    assert evaluate(model, sequence, "test", trained=2) == pytest.approx(by_hand, abs=1e-12)
+    assert evaluate(model, sequence, "test", trained=2).accuracy == pytest.approx(by_hand, abs=1e-12)
 
 
 def test_conv_model_is_the_authors_network():
@@ -207,4 +207,4 @@ def test_a_conv_net_on_permuted_tasks_is_evaluated_on_the_permuted_images(mnist)
     torch.manual_seed(0)
     model = make_model(load_config("smoke-conv").model).eval()
     expected = [accuracy(model, sequence.inputs(sequence.test, j), sequence.test.y) for j in range(3)]
-    assert evaluate(model, sequence, "test", trained=2) == pytest.approx(expected, abs=1e-12)
+    assert evaluate(model, sequence, "test", trained=2).accuracy == pytest.approx(expected, abs=1e-12)

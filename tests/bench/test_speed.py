@@ -21,7 +21,6 @@ from benchmark.experiment import cell_config, run_group
 from benchmark.lambdas import Lambda
 from benchmark.loop import (
     Cell,
-    Penalty,
     Stack,
     StepBuffers,
     Trainee,
@@ -31,6 +30,7 @@ from benchmark.loop import (
     train_step,
 )
 from benchmark.model import make_mlp, make_model
+from benchmark.penalty import Penalty
 from benchmark.scenario import make_scenario, make_splits
 from tests.reference import fisher_loop, mas_loop
 from tracking import Store
