@@ -191,12 +191,9 @@ def mark_left_running(store: Store, experiment: str, token: str, reason: str, st
                       storage=None) -> None:
     """The runs a task left RUNNING, its worker dead or cancelled: `status`, with the reason; with `storage`, a
     trial's Optuna trial FAIL as well, so that the study never counts it."""
-    for left in store.find_runs(experiment, status="RUNNING", ray_task=token):
+    for left in store.end_left_running(experiment, status, reason, ray_task=token):
         if storage is not None and left.tags.get("kind") == "trial":
             fail_trial(storage, left.tags["study"], int(left.tags["trial"]))
-        run = store.open_run(left.id)
-        run.set_tags({"failure_reason": reason})
-        run.finish(status)
 
 
 def fail_trial(storage, study: str, number: int) -> None:

@@ -18,6 +18,7 @@ from estimators.names import BATCHNORM_MODES, NAMES
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 PROTOCOLS = sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
 DATASETS = ("mnist", "fashion-mnist")  # whose pixels are permuted: both 60k + 10k grey 28×28 images, 10 classes
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}  # as messages and notes write them
 MNIST_TRAIN_IMAGES = 60000
 SEQUENCES = ("permuted", "rotated", "split", "sequence")  # data.sequence: the kinds of task sequence (scenario.py)
 SPLIT_TYPES = ("task", "domain", "class")  # data.split_type: the incremental-learning type of split tasks (scenario.py)

@@ -202,10 +202,8 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         # a signal between creating a cell's run and entering its own handler would leave it RUNNING forever
-        for cell in store.find_runs(experiment, kind="cell", status="RUNNING", **{"mlflow.parentRunId": parent.id}):
-            leftover = store.open_run(cell.id)
-            leftover.set_tags({"failure_reason": f"{type(e).__name__} before the cell started training"})
-            leftover.finish(status)
+        store.end_left_running(experiment, status, f"{type(e).__name__} before the cell started training",
+                               kind="cell", **{"mlflow.parentRunId": parent.id})
         parent.finish(status)
         raise
     finally:

@@ -2,9 +2,7 @@
 `run` or `tune` creates the experiment. It says what the protocol is, how the runs are organised, and how to
 compare drivers in the UI (checked against MLflow 3.17; README, "Look at the runs")."""
 
-from benchmark.config import Config
-
-DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+from benchmark.config import DATASET_NAMES, Config
 
 # MLflow 3 opens an experiment in its GenAI view (traces, "Detect Issues"); the runs are in "Model training". The
 # note's first line is what the experiment page shows before the note is expanded, and the experiments list shows

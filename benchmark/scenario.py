@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from benchmark import plugins
-from benchmark.config import IMAGE_SIDE, MNIST_TRAIN_IMAGES, SPLIT_CLASSES_PER_TASK, DataConfig
+from benchmark.config import DATASET_NAMES, IMAGE_SIDE, MNIST_TRAIN_IMAGES, SPLIT_CLASSES_PER_TASK, DataConfig
 from benchmark.errors import UsageError, first_line
 
 PIXELS = 28 * 28
@@ -245,8 +245,8 @@ def draw_permutations(tasks: int, seed: int) -> np.ndarray:
     return np.stack(rows).astype(np.int64)
 
 
-# data.dataset → (torchvision's dataset class, which is also its folder name; the name in messages)
-TORCHVISION = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "Fashion-MNIST")}
+# data.dataset → torchvision's dataset class, which is also its folder name
+TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
 
 # torchvision's file names in <folder>/raw/: train images, train labels, test images, test labels
@@ -277,7 +277,7 @@ def load_dataset(data_dir: str | Path, dataset: str = "mnist",
     missing, and download is allowed, torchvision downloads them. Any failure becomes a one-line UsageError that
     says how to provide the files.
     """
-    folder, label = TORCHVISION[dataset]
+    folder, label = TORCHVISION[dataset], DATASET_NAMES[dataset]
     raw = Path(data_dir) / folder / "raw"
     how = (f"put the four {label} idx files in {raw}, or point --data-dir (or BENCHMARK_DATA_DIR) at a folder "
            f"that holds {folder}/raw/")

@@ -205,9 +205,8 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
     finally:
         progress.close()
         # a signal between creating a trial's run and entering its handler would leave the run RUNNING
-        mine = {"mlflow.parentRunId": parent.id}
-        for leftover in store.find_runs(experiment, kind="trial", status="RUNNING", **mine):
-            store.open_run(leftover.id).finish("KILLED" if status == "KILLED" else "FAILED")
+        store.end_left_running(experiment, "KILLED" if status == "KILLED" else "FAILED", kind="trial",
+                               **{"mlflow.parentRunId": parent.id})
         counts = trial_counts(study)
         summary = {"n_complete": counts["complete"], "n_pruned": counts["pruned"], "n_failed": counts["failed"]}
         best = {}

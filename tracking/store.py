@@ -217,6 +217,18 @@ class Store:
                                        order_by=["attributes.start_time DESC"])
         return [self._record(run, experiment) for run in runs]
 
+    def end_left_running(self, experiment: str, status: str, reason: str | None = None,
+                         **tags: str) -> list[RunRecord]:
+        """Mark the experiment's RUNNING runs with these tags `status` (FAILED or KILLED), with the reason as tag
+        failure_reason: what a process that was interrupted, or died, left behind. Returns them as they were."""
+        left = self.find_runs(experiment, status="RUNNING", **tags)
+        for record in left:
+            run = self.open_run(record.id)
+            if reason is not None:
+                run.set_tags({"failure_reason": reason})
+            run.finish(status)
+        return left
+
     def experiments(self) -> list[str]:
         return [e.name for e in self.client.search_experiments()]
 
