@@ -5,6 +5,8 @@ one step (`run --parallel K`); one cell alone is the stack of one (run_sequence)
 estimators (estimators.observe) observe every cell; only the driver's importances enter its penalty.
 """
 
+import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Iterator
@@ -65,25 +67,27 @@ class TaskResult:
 
 def make_estimators(config: Config, seed: int = 0, driver: str = "none") -> dict[str, Estimator]:
     """The estimators the protocol observes, and the driver's (for a control, the estimator it transforms), each
-    configured from the protocol, in the registry's order; seed: the run's (fis_sampled draws labels from it)."""
-    e = config.estimators
-    options = {
-        "fis": {"batch_size": e.batch_size},
-        "mas": {"batch_size": e.batch_size},
-        "si": {"xi": e.si_xi, "gradient": e.si_gradient, "clip_at_zero": e.si_clip_at_zero,
-               "clamp_max": e.si_clamp_max or None},  # 0: no bound
-        "sig": {"batch_size": e.batch_size},
-        "fis_exact": {"batch_size": e.batch_size},
-        "fis_sampled": {"seed": seed, "batch_size": e.batch_size},
-        "fis_batched": {"batch_size": e.fis_batched_batch_size, "batchnorm": e.fis_batched_batchnorm},
-        "abs_fisher": {"batch_size": e.batch_size},
-        "sos": {},
-        "fis_maxpred": {"batch_size": e.batch_size},
-        "fis_pweighted": {"batch_size": e.batch_size},
-    }
+    configured from the protocol (estimator_options), in the registry's order; seed: the run's."""
     needed = {driver, base_estimator(driver)}
-    return {name: cls(**options.get(name, {})) for name, cls in plugins.estimators().items()
-            if name in e.observe or name in needed}
+    return {name: cls(**estimator_options(name, cls, config, seed)) for name, cls in plugins.estimators().items()
+            if name in config.estimators.observe or name in needed}
+
+
+def estimator_options(name: str, cls: type, config: Config, seed: int) -> dict:
+    """An estimator's constructor arguments, read from its signature: a parameter p takes the protocol's
+    [estimators] <name>_<p> where there is one (si_xi, fis_batched_batch_size), else [estimators] p (batch_size);
+    `seed` takes the run's seed (fis_sampled draws labels from it). Parameters the protocol names neither way keep
+    their defaults: the estimator declares its options, and no estimator is special-cased here."""
+    settings = dataclasses.asdict(config.estimators)
+    options = {}
+    for parameter in inspect.signature(cls).parameters:
+        if parameter == "seed":
+            options["seed"] = seed
+        elif f"{name}_{parameter}" in settings:
+            options[parameter] = settings[f"{name}_{parameter}"]
+        elif parameter in settings:
+            options[parameter] = settings[parameter]
+    return options
 
 
 def task_importances(estimators: dict[str, Estimator], control: Control | None, model: nn.Module, x: Tensor,

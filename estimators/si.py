@@ -38,7 +38,7 @@ class SynapticIntelligence(Estimator):
         self.xi = xi
         self.gradient = gradient
         self.clip_at_zero = clip_at_zero
-        self.clamp_max = clamp_max
+        self.clamp_max = clamp_max or None  # 0, as a protocol writes it: no bound
         self.start: dict[str, Tensor] = {}
         self.omega: list[Tensor] = []
 

@@ -51,3 +51,23 @@ def test_invalid_files_name_the_problem(tmp_path, text, message):
 def test_unreadable_file(tmp_path):
     with pytest.raises(UsageError, match="cannot read config file"):
         load_config(path=tmp_path / "missing.toml")
+
+
+def test_each_estimator_takes_its_options_from_the_protocol():
+    # read from each constructor's signature: <name>_<parameter>, else <parameter>, and the run's seed
+    import dataclasses
+
+    from benchmark.loop import estimator_options
+    from estimators import ESTIMATORS
+
+    config = load_config("smoke")
+    config = dataclasses.replace(config, estimators=dataclasses.replace(
+        config.estimators, batch_size=250, si_xi=0.3, si_clamp_max=0.001, fis_batched_batchnorm="train"))
+    expected = {
+        "fis": {"batch_size": 250}, "mas": {"batch_size": 250}, "sig": {"batch_size": 250},
+        "si": {"xi": 0.3, "gradient": "task", "clip_at_zero": False, "clamp_max": 0.001},
+        "fis_exact": {"batch_size": 250}, "fis_sampled": {"seed": 7, "batch_size": 250},
+        "fis_batched": {"batch_size": 100, "batchnorm": "train"}, "abs_fisher": {"batch_size": 250}, "sos": {},
+        "fis_maxpred": {"batch_size": 250}, "fis_pweighted": {"batch_size": 250},
+    }
+    assert {name: estimator_options(name, cls, config, seed=7) for name, cls in ESTIMATORS.items()} == expected
