@@ -353,7 +353,7 @@ def command_run(args) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     check_model(config)
     from benchmark.environment import experiment_name  # after the checks of the input: these import torch
-    from benchmark.experiment import run_here, run_sweep
+    from benchmark.sweep import run_here, run_sweep
 
     if args.executor == "ray":
         from benchmark.cluster import RayExecutor

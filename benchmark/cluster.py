@@ -24,9 +24,9 @@ import uuid
 from benchmark.config import Config, parse_config
 from benchmark.environment import experiment_name
 from benchmark.errors import UsageError, first_line
-from benchmark.experiment import Sweep, run_group
 from benchmark.progress import Progress
 from benchmark.scenario import load_splits, make_task_sequence
+from benchmark.sweep import RunningSweep, run_group
 from tracking import Store
 
 RETRIED = "Ray worker died; retried"
@@ -136,7 +136,7 @@ def wait_for(ray, tasks: dict, finished, store: Store, experiment: str, storage=
 
 
 class RayExecutor:
-    """An executor (benchmark.experiment.Executor): each group of cells one Ray task, with `cpus` and `gpus` of the
+    """An executor (benchmark.sweep.Executor): each group of cells one Ray task, with `cpus` and `gpus` of the
     cluster's resources (fractions share a device), retried up to `max_retries` times when its worker dies."""
 
     def __init__(self, data_dir: str, download: bool, device: str, cpus: float = 1.0, gpus: float = 0.0,
@@ -144,7 +144,7 @@ class RayExecutor:
         self.data_dir, self.download, self.device = data_dir, download, device
         self.cpus, self.gpus, self.max_retries = cpus, gpus, max_retries
 
-    def __call__(self, groups: list[list[dict]], sweep: Sweep) -> dict[tuple[str, int], str]:
+    def __call__(self, groups: list[list[dict]], sweep: RunningSweep) -> dict[tuple[str, int], str]:
         ray = import_ray()
         train = ray.remote(train_group).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries)
         common = {**protocol_job(sweep.config, self.data_dir, self.download, self.device, sweep.store.uri,
@@ -174,7 +174,7 @@ class RayExecutor:
         return statuses
 
 
-def failed_group(sweep: Sweep, token: str, group: list[dict], reason: str) -> dict:
+def failed_group(sweep: RunningSweep, token: str, group: list[dict], reason: str) -> dict:
     """A task that ended in an error: its cells left RUNNING become FAILED with the reason; a cell that finished
     before stays FINISHED. The same shape as train_group's result."""
     mark_left_running(sweep.store, sweep.experiment, token, reason)

@@ -31,7 +31,7 @@ from benchmark.drivers import in_paper_order
 from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS
 from benchmark.errors import UsageError
 from benchmark.progress import Progress
-from benchmark.report.collect import Sweep
+from benchmark.report.collect import RecordedSweep
 from benchmark.report.stats import MIN_SEEDS, Estimate, mean_ci, paired_difference
 from tracking import Store
 
@@ -80,7 +80,7 @@ def run_points(loss: np.ndarray, states: list[dict[str, np.ndarray]],
     return pd.DataFrame(rows)
 
 
-def read_points(store: Store, sweep: Sweep) -> pd.DataFrame:
+def read_points(store: Store, sweep: RecordedSweep) -> pd.DataFrame:
     """run_points of every finished cell of the sweep, with its run id, driver and seed; a UsageError names a cell
     that did not log what the test needs."""
     tables = []
@@ -199,7 +199,7 @@ def figure(points: pd.DataFrame, driver: str, path: Path) -> None:
     plt.close(fig)
 
 
-def readme(summary: pd.DataFrame, command: str, sweep: Sweep) -> str:
+def readme(summary: pd.DataFrame, command: str, sweep: RecordedSweep) -> str:
     lines = ["# Predicted against actual forgetting", "",
              "For every old task j and later task i of each run: the actual rise of task j's test loss, "
              "L[i, j] − L[j, j] (the run's loss_matrix.csv), against the quadratic penalty's prediction "
@@ -237,7 +237,7 @@ def readme(summary: pd.DataFrame, command: str, sweep: Sweep) -> str:
     return "\n".join(lines)
 
 
-def write(store: Store, sweep: Sweep, out: Path, command: str) -> Path:
+def write(store: Store, sweep: RecordedSweep, out: Path, command: str) -> Path:
     """The test over the sweep's cells, into `out`: README.md, summary.csv, cells.csv, points.csv.gz, figure."""
     points = read_points(store, sweep)
     seeds = per_seed(points)

@@ -123,7 +123,7 @@ def run_lambda_curve(store, config: Config, drivers: list[str], centers: dict[st
                      parallel: int = 1) -> pd.DataFrame:
     """Both phases, then the results folder (`out`, rewritten after every sweep so that a partial computation can
     be published as it stands). Returns the best-λ table."""
-    from benchmark.experiment import run_sweep
+    from benchmark.sweep import run_sweep
 
     experiment = experiment_of(config)
     grids = {d: grid(centers[d], points, decades) for d in drivers}

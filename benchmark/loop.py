@@ -166,7 +166,7 @@ class Cell:
 Failure = Diverged | EstimatorFailed
 
 
-class Trainee:
+class CellTraining:
     """What one cell of a stack trains and keeps: its own model, estimators, penalty and batch order."""
 
     def __init__(self, config: Config, cell: Cell):
@@ -241,13 +241,13 @@ def run_cells(config: Config, cells: list[Cell], use_test_split: bool = True,
 
     use_test_split=False (tuning) never reads the test images: test_accuracy stays empty. batched: Stack's
     batched products; default: on a GPU, where the models allow them."""
-    trainees = [Trainee(config, cell) for cell in cells]
-    models = [t.model for t in trainees]
+    trainings = [CellTraining(config, cell) for cell in cells]
+    models = [t.model for t in trainings]
     if batched is None:
         batched = cells[0].scenario.device.type == "cuda" and batchable(models, cells)
     stack = Stack(models, batched)
     optimizer = make_optimizer(config, stack)  # one optimiser across tasks, as in the author's code
-    for t in trainees:
+    for t in trainings:
         if t.cell.adam_state is not None:
             start_adam_from(optimizer, t.names, t.params, t.cell.adam_state)
     carried = config.training.adam_state == "carried"
@@ -255,16 +255,16 @@ def run_cells(config: Config, cells: list[Cell], use_test_split: bool = True,
 
     for task in range(cells[0].scenario.tasks):
         started = time.perf_counter()
-        for t in trainees:
+        for t in trainings:
             for estimator in t.estimators.values():
                 estimator.begin_task(t.model)
         with ExitStack() as heads:
-            for t in trainees:
+            for t in trainings:
                 heads.enter_context(task_head(t.model, t.cell.scenario.classes(task)))
-            epochs = train_task(stack, trainees, optimizer, task, config)
-            increments = [t.task_importances(task) if t.failure is None else None for t in trainees]
+            epochs = train_task(stack, trainings, optimizer, task, config)
+            increments = [t.task_importances(task) if t.failure is None else None for t in trainings]
         results: list[TaskResult | Failure] = []
-        for t, increment, (losses, penalties) in zip(trainees, increments, epochs):
+        for t, increment, (losses, penalties) in zip(trainings, increments, epochs):
             if t.failure is not None:
                 results.append(t.failure)
                 continue
@@ -287,7 +287,7 @@ def run_cells(config: Config, cells: list[Cell], use_test_split: bool = True,
             ))
             t.model.train()
         yield results
-        if all(t.failure is not None for t in trainees):
+        if all(t.failure is not None for t in trainings):
             return
 
 
@@ -300,7 +300,7 @@ def run_sequence(config: Config, driver: str, lam: float, seed: int, scenario: T
         yield result
 
 
-def train_task(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Optimizer, task: int,
+def train_task(stack: Stack, trainings: list[CellTraining], optimizer: torch.optim.Optimizer, task: int,
                config: Config) -> list[tuple[list[float], list[float]]]:
     """Train one task; per cell, the mean task loss and the penalty after each epoch. A cell whose loss stopped
     being finite gets its Diverged (the first such step) as its failure.
@@ -308,23 +308,23 @@ def train_task(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Opt
     The step losses stay on the device and reach the host once per epoch: on a GPU a read per step would wait
     for every step to finish before the next is queued."""
     batch = config.training.batch_size
-    data = [t.cell.scenario.split("train", task) for t in trainees]
+    data = [t.cell.scenario.split("train", task) for t in trainings]
     images = len(data[0][0])
     starts = range(0, images, batch)
     sizes = [min(batch, images - start) for start in starts]
-    buffers = [StepBuffers.allocate(t.params, t.observers, t.penalty) for t in trainees]
-    epochs: list[tuple[list[float], list[float]]] = [([], []) for _ in trainees]
+    buffers = [StepBuffers.allocate(t.params, t.observers, t.penalty) for t in trainings]
+    epochs: list[tuple[list[float], list[float]]] = [([], []) for _ in trainings]
     device = data[0][0].device
     for epoch in range(config.training.epochs):
-        orders = [torch.randperm(images, generator=t.shuffle).to(device) for t in trainees]
-        step_losses: list[list[Tensor]] = [[] for _ in trainees]  # per cell, each step's loss, on the device
+        orders = [torch.randperm(images, generator=t.shuffle).to(device) for t in trainings]
+        step_losses: list[list[Tensor]] = [[] for _ in trainings]  # per cell, each step's loss, on the device
         for start in starts:
             idx = [order[start:start + batch] for order in orders]
-            losses = train_step(stack, trainees, optimizer, [x_k[i] for (x_k, _), i in zip(data, idx)],
+            losses = train_step(stack, trainings, optimizer, [x_k[i] for (x_k, _), i in zip(data, idx)],
                                 [y_k[i] for (_, y_k), i in zip(data, idx)], buffers)
             for cell_losses, loss in zip(step_losses, losses):
                 cell_losses.append(loss)
-        for t, (epoch_losses, epoch_penalties), cell_losses in zip(trainees, epochs, step_losses):
+        for t, (epoch_losses, epoch_penalties), cell_losses in zip(trainings, epochs, step_losses):
             total = 0.0
             for step, (loss, size) in enumerate(zip(torch.stack(cell_losses).tolist(), sizes)):
                 if not math.isfinite(loss) and t.failure is None:
@@ -332,7 +332,7 @@ def train_task(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Opt
                 total += loss * size
             epoch_losses.append(total / images)
             epoch_penalties.append(t.penalty.value(t.params))
-        if all(t.failure is not None for t in trainees):
+        if all(t.failure is not None for t in trainings):
             break
     return epochs
 
@@ -359,7 +359,7 @@ class StepBuffers:
         )
 
 
-def train_step(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Optimizer, xs: list[Tensor],
+def train_step(stack: Stack, trainings: list[CellTraining], optimizer: torch.optim.Optimizer, xs: list[Tensor],
                ys: list[Tensor], buffers: list[StepBuffers]) -> list[Tensor]:
     """One optimiser step of every cell on its task loss + penalty, each on its own batch; returns the cells' task
     losses, detached. The cells' mean losses are summed for one backward pass: the sum's gradient with respect to a
@@ -367,7 +367,7 @@ def train_step(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Opt
     optimizer.zero_grad()  # set to None: backward hands over fresh gradient buffers, as in a bare loop
     losses = [F.cross_entropy(logits, y) for logits, y in zip(stack(xs), ys)]
     (losses[0] if len(losses) == 1 else torch.stack(losses).sum()).backward()
-    for t, b in zip(trainees, buffers):
+    for t, b in zip(trainings, buffers):
         if not t.observers:
             t.penalty.add_gradient(t.params)
             continue
@@ -378,7 +378,7 @@ def train_step(stack: Stack, trainees: list[Trainee], optimizer: torch.optim.Opt
                 p.grad = total
         torch._foreach_copy_(b.step_change, b.values)
     optimizer.step()
-    for t, b in zip(trainees, buffers):
+    for t, b in zip(trainings, buffers):
         if not t.observers:
             continue
         for change, value in zip(b.step_change, b.values):

@@ -46,12 +46,12 @@ from benchmark import __version__
 from benchmark.config import SECTIONS, Config, parse_config
 from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS, fingerprint
 from benchmark.errors import UsageError
-from benchmark.experiment import config_hash
 from benchmark.loop import Cell, make_estimators, run_cells
 from benchmark.model import make_model
 from benchmark.progress import Progress, duration
 from benchmark.report.stats import MIN_SEEDS, Estimate, mean_ci, paired_difference
 from benchmark.scenario import Splits, TaskSequence, evaluation_head, make_task_sequence
+from benchmark.sweep import config_hash
 from tracking import Run, Store, StoreError
 
 STEPS = 200  # fractions 0, 1/200, …, 1 zeroed

@@ -72,11 +72,11 @@ def rerun(store, config, cell: pd.Series, data_dir: str, download: bool) -> pd.S
     """The cell run again here, recorded in `store` under its experiment's name + "-verify" (so that a store holding
     the published runs does not hand one back as finished): its cells.csv row, or why there is none."""
     from benchmark.environment import experiment_name
-    from benchmark.experiment import run_sweep
     from benchmark.lambdas import Lambda
     from benchmark.report.cells import cells_table
     from benchmark.report.collect import latest_sweep, load_sweep
     from benchmark.scenario import load_splits
+    from benchmark.sweep import run_sweep
 
     device = "cuda" if cell.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
     splits = load_splits(config.data, data_dir, download, device)

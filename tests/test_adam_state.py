@@ -17,10 +17,10 @@ from safetensors.torch import load
 from benchmark.cli import main
 from benchmark.config import PROTOCOL_DIR, load_config
 from benchmark.evaluation import task_scores
-from benchmark.experiment import NOT_RUN, cell_config, config_hash, run_sweep
 from benchmark.lambdas import Lambda
 from benchmark.model import make_model
 from benchmark.scenario import load_splits, make_task_sequence
+from benchmark.sweep import NOT_RUN, cell_config, config_hash, run_sweep
 from tests.conftest import DATA_DIR
 from tracking import Store
 

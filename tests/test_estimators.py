@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.config import ModelConfig, load_config
-from benchmark.loop import Cell, Stack, Trainee, make_optimizer, train_task
+from benchmark.loop import Cell, CellTraining, Stack, make_optimizer, train_task
 from benchmark.model import make_mlp
 from benchmark.penalty import Penalty
 from estimators import EmpiricalFisher, MemoryAwareSynapses, SignalImportance, SynapticIntelligence
@@ -150,19 +150,20 @@ def test_si_clip_at_zero():
     assert float(si.importance(model, None, None)["weight"]) == 0.0
 
 
-def cell_alone(hidden: tuple[int, ...], images: dict[str, torch.Tensor], epochs: int = 1) -> tuple[Trainee, object]:
+def cell_alone(hidden: tuple[int, ...], images: dict[str, torch.Tensor],
+               epochs: int = 1) -> tuple[CellTraining, object]:
     """One cell of the experiment's training loop, untrained: seed 0's MLP of these hidden sizes, task 0's images
     images["x"], images["y"] (filled in by the caller), batches drawn from Generator(5); and its config."""
     smoke = load_config("smoke")
     config = replace(smoke, model=replace(smoke.model, hidden=hidden),
                      training=replace(smoke.training, epochs=epochs))
     scenario = SimpleNamespace(device=torch.device("cpu"), split=lambda _name, _task: (images["x"], images["y"]))
-    trainee = Trainee(config, Cell("none", 0.0, 0, scenario))
+    trainee = CellTraining(config, Cell("none", 0.0, 0, scenario))
     trainee.shuffle = torch.Generator().manual_seed(5)
     return trainee, config
 
 
-def train_alone(trainee: Trainee, config, lr: float = 1e-2) -> None:
+def train_alone(trainee: CellTraining, config, lr: float = 1e-2) -> None:
     """The experiment's train_task on the cell alone, with PyTorch's default Adam."""
     stack = Stack([trainee.model], batched=False)
     train_task(stack, [trainee], torch.optim.Adam(stack.parameters(), lr=lr), 0, config)

@@ -13,12 +13,12 @@ FORBIDDEN = [
     ("estimators", "benchmark"), ("estimators", "tracking"),  # an estimator is math over a model and data
     ("tracking", "benchmark"), ("tracking", "estimators"),  # the store knows nothing of the experiment
     ("benchmark.report", "estimators"),  # the report reads what runs recorded, never the math that made it
-    ("benchmark.report", "benchmark.loop"), ("benchmark.report", "benchmark.experiment"),
+    ("benchmark.report", "benchmark.loop"), ("benchmark.report", "benchmark.sweep"),
     ("benchmark.report", "benchmark.tuning"),
     # the low-level modules every layer may use import nothing above them
     *[(low, high) for low in ("benchmark.errors", "benchmark.environment", "benchmark.metrics", "benchmark.progress",
                               "benchmark.config", "benchmark.penalty", "benchmark.evaluation")
-      for high in ("benchmark.experiment", "benchmark.tuning", "benchmark.loop", "benchmark.report",
+      for high in ("benchmark.sweep", "benchmark.tuning", "benchmark.loop", "benchmark.report",
                    "benchmark.cluster", "benchmark.lambda_curve", "benchmark.verify")],
 ]
 # the only importers of the CLI and of MLflow

@@ -16,8 +16,8 @@ import tomllib
 from benchmark import plugins
 from benchmark.cli import main
 from benchmark.config import load_config
-from benchmark.experiment import cell_config, config_hash
 from benchmark.lambdas import Lambda
+from benchmark.sweep import cell_config, config_hash
 from tests.conftest import DATA_DIR
 from tracking import Store
 

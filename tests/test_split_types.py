@@ -15,10 +15,10 @@ from torch import nn
 from benchmark.cli import main
 from benchmark.config import DataConfig, ModelConfig, load_config
 from benchmark.evaluation import evaluate, task_head
-from benchmark.experiment import config_hash
 from benchmark.loop import run_sequence
 from benchmark.model import make_mlp
 from benchmark.scenario import PIXELS, Split, Splits, evaluation_head, make_splits, make_task_sequence
+from benchmark.sweep import config_hash
 from estimators import ESTIMATORS, SynapticIntelligence
 from estimators.sos import RunningSquaredGradients
 from tests.reference import (

@@ -20,7 +20,7 @@ from benchmark.environment import CELLS_FILE, REPO_ROOT, git_commit, git_dirty
 from benchmark.errors import UsageError
 from benchmark.report import figures
 from benchmark.report.cells import cells_table, regenerating_commands
-from benchmark.report.collect import Sweep, load_sweep
+from benchmark.report.collect import RecordedSweep, load_sweep
 from benchmark.report.render import Figures, Lines, Section, Table, Text, render
 from benchmark.report.stats import (
     MEASURES,
@@ -181,7 +181,7 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
     return out / "index.html"
 
 
-def protocol_order(sweep: Sweep) -> list[str]:
+def protocol_order(sweep: RecordedSweep) -> list[str]:
     """The protocols of the sweep in the order its sweeps were given (the first is the one the others are paired
     against), then any others (cells chosen by --runs) by name."""
     present = set(sweep.cells.protocol)
@@ -195,7 +195,7 @@ def stacked(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                      ignore_index=True) if tables else pd.DataFrame(columns=["protocol"])
 
 
-def summary_section(sweep: Sweep, forgetting_by_protocol: dict[str, pd.DataFrame],
+def summary_section(sweep: RecordedSweep, forgetting_by_protocol: dict[str, pd.DataFrame],
                     lead_claims: dict[str, list[ClaimResult]], sensitivity: dict[str, pd.DataFrame], lead: str,
                     protocol: str, seeds: list[int], param: str, kind: str, controls: list[pd.DataFrame],
                     differences: pd.DataFrame | None) -> Section:
@@ -438,7 +438,7 @@ def shown_path(path: Path) -> Path:
     return resolved.relative_to(REPO_ROOT) if resolved.is_relative_to(REPO_ROOT) else path
 
 
-def regenerate_section(sweep: Sweep, out: Path, report_options: str, allow_dirty: bool) -> Section:
+def regenerate_section(sweep: RecordedSweep, out: Path, report_options: str, allow_dirty: bool) -> Section:
     """The report's first lines: the commit its runs were made at, the commands that remake it with every λ
     pinned, how to rerun a few of its cells here (verify), and whether the code was dirty."""
     cells = sweep.cells
@@ -472,7 +472,7 @@ def environments(cells: pd.DataFrame) -> str:
     return "; ".join(f"{what}: {n} cell{'s' if n != 1 else ''}" for what, n in described.value_counts().items())
 
 
-def about(sweep: Sweep, store: Store, protocol: str, command: str) -> list[list[str]]:
+def about(sweep: RecordedSweep, store: Store, protocol: str, command: str) -> list[list[str]]:
     parent_tags = [p.tags for p in sweep.parents]
     seeds = sorted(set(sweep.cells.seed))
 

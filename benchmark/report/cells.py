@@ -11,7 +11,7 @@ from benchmark.config import PROTOCOLS, Config, load_config
 from benchmark.drivers import PAPER_ESTIMATORS
 from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS, PROTOCOL_SUFFIX
 from benchmark.errors import UsageError, first_line
-from benchmark.report.collect import Sweep
+from benchmark.report.collect import RecordedSweep
 from benchmark.report.stats import MEASURES, run_measures
 
 # what a cell ran; its measures follow, then the environment it ran in (FINGERPRINT_KEYS) and its MLflow run
@@ -28,7 +28,7 @@ def correlation_column(a: str, b: str) -> str:
     return f"pearson_{a}_{b}"
 
 
-def cells_table(sweep: Sweep) -> pd.DataFrame:
+def cells_table(sweep: RecordedSweep) -> pd.DataFrame:
     """cells.csv: per finished cell CELL_KEYS, ACC, BWT, forgetting (from its accuracy matrix, as the report's
     tables), val_ACC (NaN without a validation split), the correlation_column of every pair of the paper's
     estimators it observed, its device and environment fingerprint, its run id. Floats in full precision."""

@@ -15,7 +15,7 @@ from tracking import RunRecord, Store, StoreError
 
 
 @dataclass
-class Sweep:
+class RecordedSweep:
     experiment: str
     parents: list[RunRecord]
     # one row per finished cell: run_id, driver, seed, lambda, lambda_source, protocol, dataset, device, val_ACC, the
@@ -44,7 +44,7 @@ def latest_sweep(store: Store, experiment: str | None) -> RunRecord:
     return found[0]
 
 
-def load_sweep(store: Store, sweep_ids: list[str] | None, run_ids: list[str] | None) -> Sweep:
+def load_sweep(store: Store, sweep_ids: list[str] | None, run_ids: list[str] | None) -> RecordedSweep:
     """The given sweeps (parent runs), or the given cell runs."""
     try:
         if run_ids:
@@ -99,6 +99,6 @@ def load_sweep(store: Store, sweep_ids: list[str] | None, run_ids: list[str] | N
     # each correlations.csv lists the layers in the model's parameter order, input to output: the order every
     # table and figure keeps (names alone cannot give it: conv1 … bn1 … fc)
     correlations["layer"] = pd.Categorical(correlations.layer, categories=list(dict.fromkeys(correlations.layer)))
-    return Sweep(experiment=finished[0].experiment, parents=parents, cells=cells_table, accuracy=accuracy,
+    return RecordedSweep(experiment=finished[0].experiment, parents=parents, cells=cells_table, accuracy=accuracy,
                  correlations=correlations, missing=missing,
                  not_finished=not_finished)

@@ -20,9 +20,9 @@ import torch
 from benchmark.config import load_config
 from benchmark.drivers import PAPER_DRIVERS
 from benchmark.environment import experiment_name
-from benchmark.experiment import run_sweep
 from benchmark.lambdas import Lambda
 from benchmark.scenario import make_splits
+from benchmark.sweep import run_sweep
 from tracking import Store
 
 PROTOCOL = os.environ.get("DEVICE_CHECK_PROTOCOL", "paper")

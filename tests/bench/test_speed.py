@@ -17,13 +17,12 @@ import torch.nn.functional as F
 
 from benchmark.config import load_config
 from benchmark.environment import experiment_name
-from benchmark.experiment import cell_config, run_group
 from benchmark.lambdas import Lambda
 from benchmark.loop import (
     Cell,
+    CellTraining,
     Stack,
     StepBuffers,
-    Trainee,
     make_estimators,
     make_optimizer,
     run_cells,
@@ -32,6 +31,7 @@ from benchmark.loop import (
 from benchmark.model import make_mlp, make_model
 from benchmark.penalty import Penalty
 from benchmark.scenario import make_scenario, make_splits
+from benchmark.sweep import cell_config, run_group
 from tests.reference import fisher_loop, mas_loop
 from tracking import Store
 
@@ -89,7 +89,7 @@ def alternating_blocks(variants: dict, rounds: int, steps: int) -> dict[str, flo
 
 def training_steps(penalised: bool, observed: bool, x: torch.Tensor, y: torch.Tensor):
     """A block runner of the experiment's own train_step on the paper's net and batch size (a stack of one)."""
-    trainee = Trainee(PAPER, Cell("none", 0.0, 0, SimpleNamespace(device=torch.device("cpu"))))
+    trainee = CellTraining(PAPER, Cell("none", 0.0, 0, SimpleNamespace(device=torch.device("cpu"))))
     stack = Stack([trainee.model], batched=False)
     optimizer = make_optimizer(PAPER, stack)
     trainee.penalty = Penalty(1.0 if penalised else 0.0)

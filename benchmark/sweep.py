@@ -83,7 +83,7 @@ def config_hash(resolved: dict) -> str:
 
 
 @dataclass
-class Sweep:
+class RunningSweep:
     """What every cell of a sweep shares: the store and its parent run, the protocol, the data, the progress."""
 
     store: Store
@@ -97,10 +97,10 @@ class Sweep:
 # An executor trains groups of cells (the resolved cell configs of cell_config; a group is trained stacked, as one
 # run_group) and returns each cell's status by (driver, seed). run_here is the default; benchmark/cluster.py's
 # RayExecutor spreads the groups over a Ray cluster.
-Executor = Callable[[list[list[dict]], Sweep], dict[tuple[str, int], str]]
+Executor = Callable[[list[list[dict]], RunningSweep], dict[tuple[str, int], str]]
 
 
-def run_here(groups: list[list[dict]], sweep: Sweep, adam_states: AdamStates | None = None
+def run_here(groups: list[list[dict]], sweep: RunningSweep, adam_states: AdamStates | None = None
              ) -> dict[tuple[str, int], str]:
     """Each group in this process, one after the other."""
     statuses = {}
@@ -113,7 +113,8 @@ def run_here(groups: list[list[dict]], sweep: Sweep, adam_states: AdamStates | N
     return statuses
 
 
-def run_chains(pending: list[dict], reused: dict[tuple[str, int], str], sweep: Sweep) -> dict[tuple[str, int], str]:
+def run_chains(pending: list[dict], reused: dict[tuple[str, int], str],
+               sweep: RunningSweep) -> dict[tuple[str, int], str]:
     """training.adam_state = "carried": the pending cells one at a time, in this process, in chain order (each
     driver's seeds in seed order), each starting from the Adam state its chain's previous cell ended with: handed
     over in memory, or, where an earlier sweep finished that cell, read from its adam_state.safetensors. A cell
@@ -193,7 +194,7 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
                  "a line per finished cell follows")
     try:
         pending = [config for cell, config in cells.items() if cell not in reused]
-        sweep = Sweep(store, experiment, parent, config, splits, progress)
+        sweep = RunningSweep(store, experiment, parent, config, splits, progress)
         if carried:
             statuses.update(run_chains(pending, reused, sweep))
         else:
@@ -213,7 +214,7 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
     return statuses, list(reused.values())
 
 
-class CellRecord:
+class CellRun:
     """One (driver, seed) cell's MLflow run, filled task by task: the layout README's "Artifacts" describes."""
 
     def __init__(self, store: Store, experiment: str, parent: Run, config: Config, resolved: dict,
@@ -317,7 +318,7 @@ def run_group(store: Store, experiment: str, parent: Run, config: Config, cells:
     """Cells trained stacked (benchmark.loop.run_cells; a cell alone is a group of one), each its own run.
     adam_states (training.adam_state = "carried"): where a cell finds the Adam state its chain's previous cell
     ended with, and leaves its own."""
-    records = [CellRecord(store, experiment, parent, config, resolved, scenario, stacked=len(cells))
+    records = [CellRun(store, experiment, parent, config, resolved, scenario, stacked=len(cells))
                for resolved, scenario in zip(cells, scenarios)]
     statuses: list[str | None] = [None] * len(cells)
     try:
