@@ -1,6 +1,7 @@
 """Protocols: plain TOML files (benchmark/protocols/*.toml) parsed into one frozen, validated Config."""
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +29,17 @@ IMAGE_SIDE = 28  # MNIST and Fashion-MNIST: 28×28 grey images
 ADAM_STATES = ("fresh", "carried")  # training.adam_state
 # for a list field whose default is empty, the element type its values must have ("should be like …")
 FLOATS, STRINGS = {"like": (0.0,)}, {"like": ("mnist",)}
+# The config hash (sweep.config_hash) is how a rerun of a command finds its finished cells. A setting added after
+# runs were recorded carries ADDED: it enters the hash only where it differs from its default — the value every
+# earlier run had without naming it — so adding a setting never orphans the cells recorded before it. Every setting
+# added from now on carries it; removing it from a setting changes the hash of every run, and is not done.
+ADDED = {"hash": "only when not its default"}
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    factory: str = ""  # "module:function" of your own, instead of sequence (README, "Bring your own")
+    # "module:function" of your own, instead of sequence (docs/bring-your-own.md)
+    factory: str = field(default="", metadata=ADDED)
     dataset: str = "mnist"
     tasks: int = 10
     train_images: int = 55000
@@ -40,36 +47,40 @@ class DataConfig:
     importance_samples: int = 5000
     # "validation": the first importance_samples validation images (held out); "train": the last
     # importance_samples training images, trained on (the author's code; its protocol has no validation split)
-    importance_from: str = "validation"
+    importance_from: str = field(default="validation", metadata=ADDED)
     test_images: int = 10000
     # permuted: the seed the permutations are drawn from; -1: the run's own. One value for every run gives every
     # seed the same tasks, as the author's cached datasets did (his runs differ in weights and batch order only)
-    permutation_seed: int = -1
+    permutation_seed: int = field(default=-1, metadata=ADDED)
     # the task sequence (benchmark/scenario.py): "permuted" (the paper's), "rotated", "split" or "sequence"
-    sequence: str = "permuted"
+    sequence: str = field(default="permuted", metadata=ADDED)
     # rotated: task t's angle in degrees, counter-clockwise; none given: task 0 at 0°, the others drawn from the
     # seed, uniformly in [0, max_angle)
-    angles: tuple[float, ...] = field(default=(), metadata=FLOATS)
-    max_angle: float = 180.0
-    datasets: tuple[str, ...] = field(default=(), metadata=STRINGS)  # sequence: task t's; factory: those it reads
-    rotations: tuple[float, ...] = field(default=(), metadata=FLOATS)  # sequence: task t's rotation (none: 0°)
+    angles: tuple[float, ...] = field(default=(), metadata={**FLOATS, **ADDED})
+    max_angle: float = field(default=180.0, metadata=ADDED)
+    # sequence: task t's; factory: those it reads
+    datasets: tuple[str, ...] = field(default=(), metadata={**STRINGS, **ADDED})
+    # sequence: task t's rotation (none: 0°)
+    rotations: tuple[float, ...] = field(default=(), metadata={**FLOATS, **ADDED})
     # split: "task" (each task its own 2-unit head), "domain" (one 2-unit head, label = digit mod 2) or "class"
     # (one head over every class seen so far); van de Ven et al. 2022's three types (scenario.ImageTasks)
-    split_type: str = "task"
+    split_type: str = field(default="task", metadata=ADDED)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    factory: str = ""  # "module:function" of your own, instead of kind (README, "Bring your own")
-    kind: str = "mlp"  # "mlp": the paper's; "conv": the author's convolutional network (benchmark/model.py)
+    # "module:function" of your own, instead of kind (docs/bring-your-own.md)
+    factory: str = field(default="", metadata=ADDED)
+    # "mlp": the paper's; "conv": the author's convolutional network (benchmark/model.py)
+    kind: str = field(default="mlp", metadata=ADDED)
     hidden: tuple[int, ...] = (300, 150)  # mlp
     leaky_relu_slope: float = 0.01  # both
     # conv: block i is Conv2d(channels[i], kernels[i]) → BatchNorm (if batch_norm) → leakyReLU → max-pool of
     # window pools[i] (1: none); then one Linear layer to the classes
-    channels: tuple[int, ...] = (64, 128, 256)
-    kernels: tuple[int, ...] = (5, 3, 3)
-    pools: tuple[int, ...] = (2, 1, 1)
-    batch_norm: bool = True
+    channels: tuple[int, ...] = field(default=(64, 128, 256), metadata=ADDED)
+    kernels: tuple[int, ...] = field(default=(5, 3, 3), metadata=ADDED)
+    pools: tuple[int, ...] = field(default=(2, 1, 1), metadata=ADDED)
+    batch_norm: bool = field(default=True, metadata=ADDED)
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ class TrainingConfig:
     # where each cell's Adam starts: "fresh" (zero moments, step 0); "carried": a sweep runs each driver's seeds
     # as one chain, in seed order, each cell starting from the Adam state the previous one ended with — the paper
     # author's script keeps one Adam across its runs (its reset() re-initialises weights and importances only)
-    adam_state: str = "fresh"
+    adam_state: str = field(default="fresh", metadata=ADDED)
 
 
 @dataclass(frozen=True)
@@ -99,16 +110,18 @@ class EstimatorConfig:
     si_xi: float = 0.1
     si_gradient: str = "task"
     si_clip_at_zero: bool = False
-    si_clamp_max: float = 0.0  # SI's Ω_task bounded from above at this, as Avalanche (0.001); 0: no bound
+    # SI's Ω_task bounded from above at this, as Avalanche (0.001); 0: no bound
+    si_clamp_max: float = field(default=0.0, metadata=ADDED)
     fis_batched_batch_size: int = 100  # the minibatch whose mean-loss gradient fis_batched squares
     # "train": fis_batched with BatchNorm normalising by each minibatch's statistics, as PyCIL and FACIL
-    fis_batched_batchnorm: str = "eval"
-    plugins: tuple[str, ...] = field(default=(), metadata=STRINGS)  # your own, "module:Class" (benchmark/plugins.py)
+    fis_batched_batchnorm: str = field(default="eval", metadata=ADDED)
+    # your own, "module:Class" (benchmark/plugins.py)
+    plugins: tuple[str, ...] = field(default=(), metadata={**STRINGS, **ADDED})
     # across tasks: "sum" (the paper), "online": Ω ← γ Ω + Ω_task (Schwarz et al. 2018), or "blend":
     # Ω ← α Ω + (1 − α) Ω_task from Ω = 0 (FACIL's EWC and MAS, Avalanche's MAS)
     accumulation: str = "sum"
     online_gamma: float = 0.9
-    blend_alpha: float = 0.5
+    blend_alpha: float = field(default=0.5, metadata=ADDED)
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,13 @@ class Config:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "penalty": PenaltyConfig,
             "estimators": EstimatorConfig, "analysis": AnalysisConfig}
+
+
+def added_settings() -> dict[tuple[str, str], object]:
+    """(section, key) → default, as a resolved config writes it (lists, not tuples), of every setting marked
+    ADDED: what the config hash leaves out where a run has that value."""
+    return {(section, f.name): json.loads(json.dumps(f.default))
+            for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("hash")}
 
 
 def load_config(protocol: str | None = None, path: str | Path | None = None) -> Config:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from benchmark import __version__, plugins
-from benchmark.config import Config, check_chain_runs_here
+from benchmark.config import Config, added_settings, check_chain_runs_here
 from benchmark.correlations import COLUMNS, correlation_rows
 from benchmark.environment import experiment_name, fingerprint
 from benchmark.experiment_notes import sweep_experiment_description
@@ -52,20 +52,6 @@ def cell_config(config: Config, driver: str, seed: int, lam: Lambda, device: str
             **({"plugins": loaded} if loaded else {})}
 
 
-# settings added after runs were recorded, at the value those runs had: left out of the hash, so a rerun of an
-# earlier command still finds its finished cells (tests/test_plugins.py pins the paper protocol's hash)
-ADDED_LATER = {
-    ("data", "importance_from"): "validation", ("data", "sequence"): "permuted", ("data", "angles"): [],
-    ("data", "max_angle"): 180.0, ("data", "datasets"): [], ("data", "rotations"): [], ("model", "kind"): "mlp",
-    ("model", "channels"): [64, 128, 256], ("model", "kernels"): [5, 3, 3], ("model", "pools"): [2, 1, 1],
-    ("model", "batch_norm"): True, ("estimators", "plugins"): [], ("model", "factory"): "", ("data", "factory"): "",
-    ("data", "permutation_seed"): -1, ("estimators", "si_clamp_max"): 0.0,
-    ("estimators", "fis_batched_batchnorm"): "eval", ("estimators", "blend_alpha"): 0.5,
-    ("training", "adam_state"): "fresh",
-    ("data", "split_type"): "task",
-}
-
-
 ADAM_STATE_FILE = "adam_state.safetensors"  # a carried cell's Adam state after its last task (loop.AdamState)
 NOT_RUN = "NOT RUN"  # the status of a carried chain's cells after one that failed: they have no state to start from
 # training.adam_state = "carried": the Adam state each (driver, seed) cell ended with, where its chain's next cell
@@ -76,7 +62,7 @@ AdamStates = dict[tuple[str, int], AdamState]
 def config_hash(resolved: dict) -> str:
     # where λ came from does not change a result; its value does
     same = {k: v for k, v in resolved.items() if k not in ("lambda_source", "lambda_study")}
-    for (section, key), value in ADDED_LATER.items():
+    for (section, key), value in added_settings().items():  # the rule: benchmark/config.py, ADDED
         if same.get(section, {}).get(key) == value:
             same[section] = {k: v for k, v in same[section].items() if k != key}
     return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:16]
