@@ -27,16 +27,14 @@ from torch import Tensor, nn
 
 from benchmark import plugins
 from benchmark.config import Config
-from benchmark.drivers import PAPER_ESTIMATORS
+from benchmark.drivers import EXTRA_PAIRS, PAPER_ESTIMATORS
 from benchmark.loop import make_estimators
 
 COLUMNS = ["task", "layer", "param", "kind", "estimator_a", "estimator_b", "method", "value"]
 # derived importances: name -> (estimator it is computed from, elementwise transform); the transforms are
 # monotone on these non-negative importances, so ranks and top-k sets are those of the estimator itself
 DERIVED = {"mas^2": ("mas", np.square), "sqrt(fis)": ("fis", np.sqrt), "sqrt(sos)": ("sos", np.sqrt)}
-EXTRA_PAIRS = [("fis", "mas^2"), ("sqrt(fis)", "mas"), ("fis_exact", "fis"), ("fis_sampled", "fis_exact"),
-               ("fis_batched", "fis"), ("mas", "abs_fisher"), ("si", "sqrt(sos)"), ("fis_maxpred", "fis_exact"),
-               ("fis_maxpred", "fis"), ("fis_pweighted", "fis"), ("fis_pweighted", "fis_exact")]
+
 
 
 def source(name: str) -> str:

@@ -10,13 +10,26 @@ the command line's help and its checks of a name need no model.
 from benchmark import plugins
 from estimators.names import base_estimator, control_names
 
-__all__ = ["PAPER_ESTIMATORS", "PAPER_DRIVERS", "CURVE_DRIVERS", "base_estimator", "control_names", "drivers",
-           "estimator_drivers", "in_paper_order"]
+__all__ = ["PAPER_ESTIMATORS", "PAPER_DRIVERS", "CURVE_DRIVERS", "EXTRA_PAIRS", "REPORTED_PAIRS", "base_estimator",
+           "control_names", "drivers", "estimator_drivers", "in_paper_order"]
 
 PAPER_ESTIMATORS = ("fis", "mas", "si", "sig")
 PAPER_DRIVERS = ("none", *PAPER_ESTIMATORS)  # `run --drivers paper`, the default, in the paper's order
 # `lambda-curve`'s default: the paper's four, and the controls that need a λ of their own to be compared fairly
 CURVE_DRIVERS = (*PAPER_ESTIMATORS, "uniform", "shuffled-mas", "layermean-mas")
+
+# Pairs of importances every run correlates beyond the paper's six, where it observed both (correlations.py; a
+# derived name — mas^2, sqrt(fis), sqrt(sos) — is computed from the estimator it names): the paper's FIS ~ MAS²,
+# Benzing's MAS ≈ AF ≈ √Fisher and SI ≈ √SOS, how far the ways of computing a Fisher are from each other, and the
+# libraries' Fisher shortcuts against the exact ones
+EXTRA_PAIRS = (("fis", "mas^2"), ("sqrt(fis)", "mas"), ("fis_exact", "fis"), ("fis_sampled", "fis_exact"),
+               ("fis_batched", "fis"), ("mas", "abs_fisher"), ("si", "sqrt(sos)"), ("fis_maxpred", "fis_exact"),
+               ("fis_maxpred", "fis"), ("fis_pweighted", "fis"), ("fis_pweighted", "fis_exact"))
+# the report's "Beyond the paper" sections: the same pairs in the order the report reads them (tests/test_report.py
+# checks they are all EXTRA_PAIRS)
+REPORTED_PAIRS = (("mas", "abs_fisher"), ("sqrt(fis)", "mas"), ("fis", "mas^2"), ("fis_exact", "fis"),
+                  ("si", "sqrt(sos)"), ("fis_sampled", "fis_exact"), ("fis_batched", "fis"), ("fis_maxpred", "fis"),
+                  ("fis_maxpred", "fis_exact"), ("fis_pweighted", "fis"), ("fis_pweighted", "fis_exact"))
 
 
 def estimator_drivers() -> tuple[str, ...]:

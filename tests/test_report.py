@@ -335,3 +335,9 @@ def test_compact_report_is_png_only_with_its_links_and_the_same_numbers(report, 
     full = pd.read_csv(report / "correlations_summary.csv")
     pd.testing.assert_frame_equal(pd.read_csv(compact / "correlations_summary.csv.gz"), full, rtol=5e-6)
     assert (compact / "forgetting.csv").read_text() == (report / "forgetting.csv").read_text()
+
+
+def test_the_report_shows_only_pairs_every_run_correlates():
+    from benchmark.drivers import EXTRA_PAIRS, REPORTED_PAIRS
+
+    assert set(REPORTED_PAIRS) == set(EXTRA_PAIRS) and len(REPORTED_PAIRS) == len(EXTRA_PAIRS)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark import __version__
+from benchmark.drivers import REPORTED_PAIRS
 from benchmark.environment import CELLS_FILE, REPO_ROOT, git_commit, git_dirty
 from benchmark.errors import UsageError
 from benchmark.report import figures
@@ -46,10 +47,6 @@ from benchmark.report.stats import (
 from tracking import Store
 
 PAPER_DRIVER = "mas"  # the driver of the paper's correlation figures
-# the explanations the further estimators test (issue 7): Benzing's MAS ≈ AF ≈ √Fisher and SI ≈ √SOS, the paper's
-# FIS ~ MAS², and how far the ways of computing a Fisher are from each other
-BEYOND_PAIRS = [("mas", "abs_fisher"), ("sqrt(fis)", "mas"), ("fis", "mas^2"), ("fis_exact", "fis"),
-                ("si", "sqrt(sos)"), ("fis_sampled", "fis_exact"), ("fis_batched", "fis")]
 TITLE = "Importance-estimator benchmark report"
 AUTHOR_ACC = "author's ACC % (20 runs, mean ± sd)"
 
@@ -100,7 +97,7 @@ def build_report(store: Store, out: Path, sweep_ids: list[str] | None = None, ru
             controls.append(control_table(cells[p], sweep.accuracy, estimator).assign(protocol=p))
     differences = protocol_differences(sweep.cells, sweep.accuracy, protocols) if mixed else None
     overlap = sorted(m for m in set(chosen.method) if m.startswith("jaccard_top"))
-    beyond = {method: stacked({p: layer_means(of(chosen, p, lead), BEYOND_PAIRS, method) for p in led})
+    beyond = {method: stacked({p: layer_means(of(chosen, p, lead), REPORTED_PAIRS, method) for p in led})
               for method in ["pearson", *overlap]}
 
     folder = figures.FigureFolder(out, **(figures.COMPACT if compact else {}))
