@@ -93,6 +93,9 @@ class TrainingConfig:
     # as one chain, in seed order, each cell starting from the Adam state the previous one ended with — the paper
     # author's script keeps one Adam across its runs (its reset() re-initialises weights and importances only)
     adam_state: str = field(default="fresh", metadata=ADDED)
+    # > 0: each task trains this many optimiser steps instead of `epochs` passes — passes over the task's shuffled
+    # images, the last cut short (van de Ven et al.'s protocols count iterations: 2000 a split-MNIST task)
+    iterations: int = field(default=0, metadata=ADDED)
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ def _validate(c: Config, source: str) -> None:
     need(t.optimizer in ("adam", "sgd"), f"training.optimizer = {t.optimizer!r}: choose 'adam' or 'sgd'")
     need(t.lr > 0, "training.lr must be > 0")
     need(t.batch_size >= 1 and t.epochs >= 1, "training.batch_size and training.epochs must be ≥ 1")
+    need(t.iterations >= 0, "training.iterations must be ≥ 0 (0: train by epochs)")
     need(t.adam_state in ADAM_STATES,
          f"training.adam_state = {t.adam_state!r}: choose from {', '.join(map(repr, ADAM_STATES))}")
     need(t.adam_state == "fresh" or t.optimizer == "adam",

@@ -315,10 +315,10 @@ def train_task(stack: Stack, trainings: list[CellTraining], optimizer: torch.opt
     buffers = [StepBuffers.allocate(t.params, t.observers, t.penalty) for t in trainings]
     epochs: list[tuple[list[float], list[float]]] = [([], []) for _ in trainings]
     device = data[0][0].device
-    for epoch in range(config.training.epochs):
+    for epoch, pass_starts in enumerate(passes(starts, config)):
         orders = [torch.randperm(images, generator=t.shuffle).to(device) for t in trainings]
         step_losses: list[list[Tensor]] = [[] for _ in trainings]  # per cell, each step's loss, on the device
-        for start in starts:
+        for start in pass_starts:
             idx = [order[start:start + batch] for order in orders]
             losses = train_step(stack, trainings, optimizer, [x_k[i] for (x_k, _), i in zip(data, idx)],
                                 [y_k[i] for (_, y_k), i in zip(data, idx)], buffers)
@@ -330,11 +330,20 @@ def train_task(stack: Stack, trainings: list[CellTraining], optimizer: torch.opt
                 if not math.isfinite(loss) and t.failure is None:
                     t.failure = Diverged(task, epoch * len(sizes) + step, loss)
                 total += loss * size
-            epoch_losses.append(total / images)
+            epoch_losses.append(total / sum(sizes[:len(pass_starts)]))
             epoch_penalties.append(t.penalty.value(t.params))
         if all(t.failure is not None for t in trainings):
             break
     return epochs
+
+
+def passes(starts: range, config: Config) -> list[range]:
+    """The batches' first images of each pass over a task's shuffled images: `epochs` full passes, or with
+    training.iterations > 0 as many passes as that many steps take, the last cut short."""
+    iterations = config.training.iterations
+    if not iterations:
+        return [starts] * config.training.epochs
+    return [starts[:iterations - k * len(starts)] for k in range(math.ceil(iterations / len(starts)))]
 
 
 @dataclass

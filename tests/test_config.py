@@ -36,6 +36,7 @@ def test_user_file_named_by_its_stem(tmp_path):
     ("[trainin]\n", "unknown section [trainin]"),
     ("[training]\nepochs = 'two'\n", "training.epochs"),
     ("[training]\nepochs = 0\n", "training.epochs"),
+    ("[training]\niterations = -1\n", "training.iterations must be ≥ 0"),
     ("[penalty]\nlambda = { mas = -1 }\n", "penalty.lambda.mas"),
     ("[penalty]\nlambda = { ewc = 1 }\n", "unknown driver 'ewc'"),
     ("[data]\ntrain_images = 58000\n", "must not exceed 60000"),
@@ -71,3 +72,27 @@ def test_each_estimator_takes_its_options_from_the_protocol():
         "fis_maxpred": {"batch_size": 250}, "fis_pweighted": {"batch_size": 250},
     }
     assert {name: estimator_options(name, cls, config, seed=7) for name, cls in ESTIMATORS.items()} == expected
+
+
+def test_iterations_cut_the_last_pass_short():
+    import dataclasses
+
+    from benchmark.loop import passes
+
+    config = load_config("smoke")
+    starts = range(0, 1000, 100)  # 10 steps a pass
+    by_epochs = passes(starts, config)
+    assert by_epochs == [starts] * config.training.epochs
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training, iterations=25))
+    assert [len(p) for p in passes(starts, config)] == [10, 10, 5]
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training, iterations=20))
+    assert [len(p) for p in passes(starts, config)] == [10, 10]
+
+
+@pytest.mark.parametrize("split_type", ["task", "domain", "class"])
+def test_van_de_ven_split_protocols_say_what_their_paper_says(split_type):
+    config = load_config(f"vdv-split-{split_type}")
+    assert (config.data.sequence, config.data.split_type, config.data.tasks) == ("split", split_type, 5)
+    assert config.model.hidden == (400, 400) and config.model.leaky_relu_slope == 0.0
+    t = config.training
+    assert (t.optimizer, t.lr, t.batch_size, t.iterations) == ("adam", 0.001, 128, 2000)

@@ -275,3 +275,16 @@ def test_class_incremental_none_forgets_old_tasks_entirely(mnist):
         for j in range(i):
             assert class_il[i][j] < 0.05, class_il  # measured: 0.0 (seeds 0, 1, 2)
             assert task_il[i][j] > 0.6, task_il  # measured ≥ 0.77 (seeds 0, 1, 2): told apart within the pair
+
+
+@pytest.mark.slow
+def test_training_by_iterations_takes_that_many_steps(mnist):
+    # per task: as many passes over its shuffled images as 25 steps take, the last cut short
+    config = load_config("smoke-split")
+    # (with the Adam state handed on after the last task, whose step count is every step the cell took)
+    config = replace(config, training=replace(config.training, iterations=25, adam_state="carried"))
+    sequence = make_task_sequence(config.data, {"mnist": make_splits(config.data, mnist)}, seed=0)
+    for task, result in enumerate(run_sequence(config, "mas", 1.0, 0, sequence)):
+        steps_per_pass = -(-len(sequence.split("train", task)[0]) // config.training.batch_size)
+        assert len(result.epoch_losses) == -(-25 // steps_per_pass) > config.training.epochs
+    assert float(result.adam_state["fc1.weight.step"]) == 25 * sequence.tasks
