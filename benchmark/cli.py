@@ -225,6 +225,21 @@ def make_parser() -> Parser:
     predict.add_argument("--allow-dirty", action="store_true",
                          help="write under results/ although the code has uncommitted changes")
 
+    library = commands.add_parser("library-practice", help="the libraries' Fisher shortcuts against the exact "
+                                  "Fisher, per layer, on the networks a sweep trained")
+    library.add_argument("--experiment", metavar="NAME",
+                         help="the latest sweep of this experiment (default: the latest sweep in the store)")
+    library.add_argument("--sweep", metavar="RUN_ID", help="a sweep's parent run id instead")
+    library.add_argument("--task", type=int_at_least(0),
+                         help="each network after this task, on its importance samples (default the last)")
+    library.add_argument("--out", default="library-practice", help="output folder (default ./library-practice)")
+    library.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (as for run)")
+    library.add_argument("--data-dir", default=None,
+                         help=f"folder holding MNIST/raw, FashionMNIST/raw (default ${DATA_DIR_ENV} or ./data)")
+    library.add_argument("--no-download", action="store_true", help="never try to download the dataset")
+    library.add_argument("--allow-dirty", action="store_true",
+                         help="write under results/ although the code has uncommitted changes")
+
     verify = commands.add_parser("verify", help="rerun cells of a published results folder here and judge them "
                                  "against its cells.csv")
     verify.add_argument("folder", help="a report folder with cells.csv, e.g. results/smoke-verify")
@@ -561,6 +576,21 @@ def command_predict_forgetting(args) -> int:
     return 0
 
 
+def command_library_practice(args) -> int:
+    from pathlib import Path
+
+    from benchmark.library_practice import write
+    from benchmark.report.collect import latest_sweep, load_sweep
+
+    refuse_dirty_results(args.out, args.allow_dirty)
+    store = open_store(args, must_exist=True)
+    sweep_id = args.sweep or latest_sweep(store, args.experiment).id
+    readme = write(store, load_sweep(store, [sweep_id], None), args.task, Path(args.out),
+                   portable_command(args.argv, ("--tracking-uri", "--data-dir")), data_dir(args), not args.no_download)
+    print(f"written to {readme}", file=sys.stderr)
+    return 0
+
+
 def command_verify(args) -> int:
     from pathlib import Path
 
@@ -571,6 +601,7 @@ def command_verify(args) -> int:
 
 COMMANDS = {"run": command_run, "tune": command_tune, "lambda-curve": command_lambda_curve, "report": command_report,
             "sparsify": command_sparsify, "predict-forgetting": command_predict_forgetting,
+            "library-practice": command_library_practice,
             "verify": command_verify}
 
 

@@ -534,8 +534,9 @@ def fetch(store: Store, run_id: str, path: str, folder: str) -> Path:
         raise UsageError(f"--from-run {run_id}: the run has no artifact {path}{hint}") from None
 
 
-def read_logged_run(store: Store, run_id: str, task: int | None) -> LoggedRun:
-    """What a cell run logged, checked: a UsageError names what is missing."""
+def read_logged_run(store: Store, run_id: str, task: int | None, importances: bool = True) -> LoggedRun:
+    """What a cell run logged, checked: a UsageError names what is missing. importances=False: the state alone
+    (LoggedRun.importances empty)."""
     try:
         (run,) = store.find_runs(run_ids=[run_id])
     except StoreError as e:
@@ -552,14 +553,14 @@ def read_logged_run(store: Store, run_id: str, task: int | None) -> LoggedRun:
         if task > last:
             raise UsageError(f"--task {task}: run {run_id} has tasks 0 … {last}")
         state = load_file(fetch(store, run_id, f"tasks/task_{task:02d}/state_dict.safetensors", tmp))
-        importances = {}
-        for j in range(task + 1):
+        logged_importances = {}
+        for j in range(task + 1 if importances else 0):
             logged = load_file(fetch(store, run_id, f"tasks/task_{j:02d}/importances.safetensors", tmp))
-            importances[j] = {}
+            logged_importances[j] = {}
             for key, value in logged.items():
                 estimator, _, name = key.partition(".")  # "fis.fc1.weight"
-                importances[j].setdefault(estimator, {})[name] = value
-    return LoggedRun(run_id, config, int(resolved["seed"]), task, state, importances)
+                logged_importances[j].setdefault(estimator, {})[name] = value
+    return LoggedRun(run_id, config, int(resolved["seed"]), task, state, logged_importances)
 
 
 def check_sequence(store: Store, logged: LoggedRun, sequence: TaskSequence) -> None:
