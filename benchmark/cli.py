@@ -10,6 +10,7 @@ import signal
 import sys
 
 from benchmark import plugins
+from benchmark.cluster.jobs import RaySettings
 from benchmark.config import DATASETS, PROTOCOLS, Config, check_chain_runs_here, load_config, refuse_carried_adam
 from benchmark.drivers import CURVE_DRIVERS, PAPER_DRIVERS, drivers, estimator_drivers
 from benchmark.errors import UsageError
@@ -17,7 +18,8 @@ from benchmark.lambdas import MIN_TUNED_TRIALS, SOURCES
 
 DATA_DIR_ENV = "BENCHMARK_DATA_DIR"
 # --executor ray's options, unset (None) unless given: given without --executor ray, they are an error
-RAY_DEFAULTS = {"ray_address": None, "ray_cpus": 1.0, "ray_gpus": 0.0, "ray_max_retries": 1, "workers": 1}
+RAY_OPTIONS = {"ray_address": "address", "ray_cpus": "cpus", "ray_gpus": "gpus", "ray_max_retries": "max_retries",
+               "workers": "workers"}  # the option's dest → its RaySettings field
 
 
 class Parser(argparse.ArgumentParser):
@@ -144,7 +146,7 @@ def make_parser() -> Parser:
                           "on a GPU; on a CPU the same results as one at a time (default 1)")
     run.add_argument("--ray-max-retries", type=int_at_least(0), metavar="N",
                      help="with --executor ray, run a group again up to N times when its worker dies (default "
-                          f"{RAY_DEFAULTS['ray_max_retries']})")
+                          f"{RaySettings().max_retries})")
 
     tune = commands.add_parser("tune", parents=[training, stores, cluster], help="find λ per driver with Optuna")
     tune.add_argument("--driver", default=None, help=f"one of {penalised_choices()}; or all estimators")
@@ -304,25 +306,26 @@ def load_data(config: Config, args, device: str | None = None):
     return splits
 
 
-def ray_options(args) -> dict:
+def ray_options(args) -> RaySettings:
     """--ray-* and --workers, unset ones at their defaults; a UsageError if one is given without --executor ray."""
-    given = {name: value for name in RAY_DEFAULTS if (value := getattr(args, name, None)) is not None}
+    given = {name: value for name in RAY_OPTIONS if (value := getattr(args, name, None)) is not None}
     if given and args.executor != "ray":
         raise UsageError(f"--{next(iter(given)).replace('_', '-')} needs --executor ray")
-    return {**RAY_DEFAULTS, **given}
+    return RaySettings(**{RAY_OPTIONS[name]: value for name, value in given.items()})
 
 
-def on_cluster(config: Config, args, options: dict) -> tuple[dict, str]:
+def on_cluster(config: Config, args, settings: RaySettings):
     """For --executor ray, before the store is opened: every check of the cluster options, the data read here only to
-    check it is there (each task reads its own) and the cluster joined. Returns (those splits, the device the tasks
-    train on)."""
-    from benchmark import cluster
+    check it is there (each task reads its own) and the cluster joined. Returns (those splits, where the tasks find
+    the data and which device they train on)."""
+    from benchmark.cluster import head
+    from benchmark.cluster.jobs import DataSource
 
-    cluster.import_ray()
-    device = cluster.task_device(args.device, options["ray_gpus"])
+    head.import_ray()
+    device = head.task_device(args.device, settings.gpus)
     splits = load_data(config, args, device="cpu")
-    cluster.connect(options["ray_address"], options["ray_cpus"], options["ray_gpus"])
-    return splits, device
+    head.connect(settings)
+    return splits, DataSource(data_dir(args), not args.no_download, device)
 
 
 def check_model(config: Config) -> None:
@@ -371,11 +374,10 @@ def command_run(args) -> int:
     from benchmark.sweep import run_here, run_sweep
 
     if args.executor == "ray":
-        from benchmark.cluster import RayExecutor
+        from benchmark.cluster.head import RayExecutor
 
-        splits, device = on_cluster(config, args, options)
-        executor = RayExecutor(data_dir(args), not args.no_download, device, options["ray_cpus"],
-                               options["ray_gpus"], options["ray_max_retries"])
+        splits, data = on_cluster(config, args, options)
+        executor, device = RayExecutor(data, options), data.device
     else:
         splits, device, executor = load_data(config, args), None, run_here
     store = open_store(args)
@@ -420,25 +422,20 @@ def command_tune(args) -> int:
     storage = tuning.open_storage(storage_url)
     seeds = list(range(tuning.TUNING_FIRST_SEED, tuning.TUNING_FIRST_SEED + args.tuning_seeds))
     if args.executor == "ray":
-        from benchmark.cluster import tune_on_cluster
+        from benchmark.cluster.head import RayTuner
 
-        _, device = on_cluster(config, args, options)
-        store = open_store(args)
-        failures = tune_on_cluster(store, storage, storage_url, config, to_tune, args.trials, options["workers"],
-                                   seeds, command_line(args.argv), args.sampler_seed, data_dir(args),
-                                   not args.no_download,
-                                   device, options["ray_cpus"], options["ray_gpus"])
-        for driver in to_tune:
-            print_study(tuning.load_study(storage, driver, config), storage_url)
-        for failure in failures:
-            print(f"failed Ray task: {failure}", file=sys.stderr)
-        return 1 if failures else 0
-    splits = load_data(config, args)
+        _, data = on_cluster(config, args, options)
+        tuner = RayTuner(data, options)
+    else:
+        tuner = tuning.tune_here(load_data(config, args))
     store = open_store(args)
+    failures = tuner(tuning.Studies(store, storage, storage_url, config, to_tune, args.trials, seeds,
+                                    command_line(args.argv), args.sampler_seed))
     for driver in to_tune:
-        print_study(tuning.tune(store, storage, storage_url, config, driver, args.trials, seeds, splits,
-                                command_line(args.argv), args.sampler_seed), storage_url)
-    return 0
+        print_study(tuning.load_study(storage, driver, config), storage_url)
+    for failure in failures:
+        print(f"failed Ray task: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def print_study(study, storage_url: str) -> None:

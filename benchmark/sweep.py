@@ -81,7 +81,7 @@ class RunningSweep:
 
 
 # An executor trains groups of cells (the resolved cell configs of cell_config; a group is trained stacked, as one
-# run_group) and returns each cell's status by (driver, seed). run_here is the default; benchmark/cluster.py's
+# run_group) and returns each cell's status by (driver, seed). run_here is the default; benchmark/cluster/head.py's
 # RayExecutor spreads the groups over a Ray cluster.
 Executor = Callable[[list[list[dict]], RunningSweep], dict[tuple[str, int], str]]
 

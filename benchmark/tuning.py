@@ -19,7 +19,7 @@ storage URL (e.g. postgresql://user@host/db) works for many machines.
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +141,37 @@ class MedianOfCurrentValuesPruner(optuna.pruners.BasePruner):
             return False
         others = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
         return bool(others) and trial.intermediate_values[step] < float(np.median(others))
+
+
+@dataclass(frozen=True)
+class Studies:
+    """One `tune` call: each driver's study of the protocol, `trials` more trials in each, in `storage` (at
+    storage_url), on the tuning seeds, recorded in `store`."""
+
+    store: Store
+    storage: object  # an Optuna storage
+    storage_url: str
+    config: Config
+    drivers: list[str]
+    trials: int
+    seeds: list[int]
+    command: str
+    sampler_seed: int | None
+
+
+# A tuner runs the studies and returns why any part of them failed (empty: none did). tune_here(splits) is the
+# default; benchmark/cluster/head.py's RayTuner spreads each study's trials over Ray tasks.
+Tuner = Callable[[Studies], list[str]]
+
+
+def tune_here(splits: dict[str, Splits]) -> Tuner:
+    """The studies one after the other in this process, on these splits."""
+    def run(studies: Studies) -> list[str]:
+        for driver in studies.drivers:
+            tune(studies.store, studies.storage, studies.storage_url, studies.config, driver, studies.trials,
+                 studies.seeds, splits, studies.command, studies.sampler_seed)
+        return []
+    return run
 
 
 def tune(store: Store, storage, storage_url: str, config: Config, driver: str, trials: int, seeds: list[int],

@@ -2,6 +2,7 @@
 process of its own on 127.0.0.1, and `python -m benchmark` processes that join them, as on a cluster of machines."""
 
 import collections
+import importlib.util
 import os
 import re
 import shutil
@@ -22,7 +23,8 @@ from tests.conftest import DATA_DIR
 
 pytestmark = pytest.mark.slow  # trains through the CLI or a real store: the full suite's, not the fast tier's
 
-ray = pytest.importorskip("ray")
+# what needs Ray itself is skipped without it; the checks of the options made before Ray is imported run anyway
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed")
 
 BIN = Path(sys.executable).parent  # ray and mlflow come with the package, in the same environment
 # Ray turns token authentication on for a head started where ~/.ray/auth_token exists (a local ray.init() writes one),
@@ -58,6 +60,7 @@ def wait_for(ready, process: subprocess.Popen, log: Path, what: str, seconds: fl
 @pytest.fixture(scope="module")
 def ray_head():
     """A one-node Ray cluster of 2 CPUs: HOST:PORT of its head."""
+    pytest.importorskip("ray")
     # Ray's sockets live under its temp dir, and a Unix socket's path is at most 107 bytes: a short one under /tmp
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     port, log = free_port(), temp / "head.log"
@@ -217,11 +220,14 @@ def test_tune_workers_share_one_study(ray_head, tracking_server, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--executor", "ray", "--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: no Ray cluster answers there"),
-    (["--executor", "ray", "--ray-address", "head-without-port"], "expected HOST:PORT of the Ray head"),
+    pytest.param(["--executor", "ray", "--ray-address", "127.0.0.1:1"],
+                 "--ray-address 127.0.0.1:1: no Ray cluster answers there", marks=needs_ray),
+    pytest.param(["--executor", "ray", "--ray-address", "head-without-port"], "expected HOST:PORT of the Ray head",
+                 marks=needs_ray),
     (["--ray-address", "127.0.0.1:1"], "--ray-address needs --executor ray"),
     (["--ray-gpus", "1"], "--ray-gpus needs --executor ray"),
-    (["--executor", "ray", "--device", "cuda"], "--device cuda with --executor ray needs --ray-gpus > 0"),
+    pytest.param(["--executor", "ray", "--device", "cuda"], "--device cuda with --executor ray needs --ray-gpus > 0",
+                 marks=needs_ray),
     (["--executor", "ray", "--ray-gpus", "-1"], "argument --ray-gpus: must be a finite number ≥ 0, not -1"),
     (["--executor", "ray", "--ray-max-retries", "-1"], "argument --ray-max-retries: must be ≥ 0, not -1"),
     (["--executor", "dask"], "argument --executor: invalid choice: 'dask'"),
