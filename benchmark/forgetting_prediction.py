@@ -38,7 +38,11 @@ from tracking import Store
 BASELINE = "uniform"  # Ω = 1
 ALL_LAYERS = "all"
 MEASURES = ("spearman", "pearson", "r2")
-POINTS_FILE, SUMMARY_FILE, FIGURE_FILE = "points.csv.gz", "summary.csv", "predicted_vs_actual.png"
+POINTS_FILE, SUMMARY_FILE = "points.csv.gz", "summary.csv"
+
+
+def figure_file(driver: str) -> str:
+    return f"predicted_vs_actual_{driver}.png"
 
 
 def predicted_increase(importance: dict[str, np.ndarray], before: dict[str, np.ndarray],
@@ -177,6 +181,7 @@ def figure(points: pd.DataFrame, driver: str, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     chosen = points[(points.driver == driver) & (points.layer == ALL_LAYERS)]
     estimators = estimator_order(chosen.estimator.unique())
@@ -187,8 +192,10 @@ def figure(points: pd.DataFrame, driver: str, path: Path) -> None:
             ax.scatter(group.predicted, group.actual, s=8, alpha=0.6, label=f"seed {seed}")
         if (mine.predicted > 0).all():
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # a decade's labels only: the minor ones overlap
         if (mine.actual > 0).all():
             ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(estimator)
         ax.set_xlabel("predicted ½ Σ Ω Δθ²")
     axes[0][0].set_ylabel("actual rise of the old task's test loss")
@@ -230,7 +237,9 @@ def readme(summary: pd.DataFrame, command: str, sweep: RecordedSweep) -> str:
                 cells.append(f"{r.pooled_scale:.3g}")
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [f"Figure ({FIGURE_FILE}): driver {summary.driver.iloc[0]}, whole network, every point.", "",
+    drivers = list(dict.fromkeys(summary.driver))
+    lines += ["Figures: " + ", ".join(f"[{figure_file(d)}]({figure_file(d)})" for d in drivers)
+              + " — per driver, whole network, every point.", "",
               f"Files: `{SUMMARY_FILE}` (every measure with its interval and its paired difference from "
               f"{BASELINE}), `{CELLS_FILE}` (every measure per seed, with the run and the fingerprint it came "
               f"from), `{POINTS_FILE}` (every predicted and actual value).", ""]
@@ -249,7 +258,7 @@ def write(store: Store, sweep: RecordedSweep, out: Path, command: str) -> Path:
     points.drop(columns="run_id").to_csv(out / POINTS_FILE, index=False)
     cells.to_csv(out / CELLS_FILE, index=False)
     summary.to_csv(out / SUMMARY_FILE, index=False)
-    drivers = in_paper_order(points.driver.unique())
-    figure(points, drivers[0], out / FIGURE_FILE)
+    for driver in in_paper_order(points.driver.unique()):
+        figure(points, driver, out / figure_file(driver))
     (out / "README.md").write_text(readme(summary, command, sweep))
     return out / "README.md"

@@ -62,7 +62,7 @@ def test_end_to_end_on_logged_runs(store_uri, tmp_path, capsys):
     assert main(["predict-forgetting", "--experiment", "pmnist-smoke", "--tracking-uri", store_uri,
                  "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"README.md", "summary.csv", "cells.csv", "points.csv.gz",
-                                               "predicted_vs_actual.png"}
+                                               "predicted_vs_actual_none.png", "predicted_vs_actual_mas.png"}
     points = pd.read_csv(out / "points.csv.gz")
     # 3 tasks: pairs (0,1), (0,2), (1,2); per driver and seed; the protocol's nine estimators and uniform
     estimators = len(load_config("smoke").estimators.observe) + 1
