@@ -227,3 +227,17 @@ def test_prediction_interval_by_hand():
         (1.5 - 12.706204736174698 * math.sqrt(0.5) * math.sqrt(1.5), 1.5 + 12.706204736174698 * math.sqrt(0.5)
          * math.sqrt(1.5)))
     assert prediction_interval([0.5]) is None
+
+
+def test_the_regenerating_command_logs_what_the_runs_logged(tmp_path):
+    from benchmark.report.cells import regenerating_commands
+
+    cells = pd.DataFrame([{"protocol": "smoke", "dataset": "mnist", "driver": d, "seed": s, "lambda": 4.5 if d == "mas"
+                           else 0.0, "lambda_source": "default" if d == "mas" else "none",
+                           "config": {"log_importances": "all"}} for d in ("none", "mas") for s in (0, 1)])
+    commands, notes = regenerating_commands(cells, ["none", "mas"], {"smoke": "pmnist-smoke"}, tmp_path / "out", "")
+    assert commands[0] == ("python -m benchmark run --protocol smoke --drivers none,mas --seeds 2 --lambda-source "
+                           "protocol --log-importances all") and not notes
+    cells["config"] = [{"log_importances": "final"}] * len(cells)
+    commands, _ = regenerating_commands(cells, ["none", "mas"], {"smoke": "pmnist-smoke"}, tmp_path / "out", "")
+    assert commands[0].endswith("--lambda-source protocol")

@@ -123,8 +123,11 @@ def regenerating_commands(cells: pd.DataFrame, drivers: list[str], experiments: 
                              "command pins the first")
             pinned.append(f"{driver}={values[0]!r}")
         lambdas = " --lambda " + ",".join(pinned) if pinned else ""
+        # what the runs logged beyond the default matters to what reads them (predict-forgetting, sparsify)
+        logged = sorted({c.get("log_importances", "final") for c in mine["config"]}) if "config" in mine else []
+        logging = f" --log-importances {logged[0]}" if len(logged) == 1 and logged[0] != "final" else ""
         commands.append(f"python -m benchmark run {source} --drivers {','.join(ran)} {seed_options(seeds)} "
-                        f"--lambda-source protocol{lambdas}")
+                        f"--lambda-source protocol{lambdas}{logging}")
     shown = " ".join(f"--experiment {experiments[p]}" for p in dict.fromkeys(cells.protocol) if p in experiments)
     commands.append(f"python -m benchmark report {shown} --out {folder}{report_options}")
     return commands, notes
