@@ -215,32 +215,29 @@ def make_parser() -> Parser:
                         help="write under results/ although the code or the runs have uncommitted changes (the "
                              "report says so)")
 
-    predict = commands.add_parser("predict-forgetting", help="predicted (½ Σ Ω Δθ²) against actual rise of every old "
-                                  "task's test loss, per estimator and layer, from a sweep of `run "
-                                  "--log-importances all`")
-    predict.add_argument("--experiment", metavar="NAME",
-                         help="the latest sweep of this experiment (default: the latest sweep in the store)")
-    predict.add_argument("--sweep", metavar="RUN_ID", help="a sweep's parent run id instead")
+    # options every command that analyses a sweep's logged runs shares
+    analysis = Parser(add_help=False)
+    analysis.add_argument("--experiment", metavar="NAME",
+                          help="the latest sweep of this experiment (default: the latest sweep in the store)")
+    analysis.add_argument("--sweep", metavar="RUN_ID", help="a sweep's parent run id instead")
+    analysis.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (as for run)")
+    analysis.add_argument("--allow-dirty", action="store_true",
+                          help="write under results/ although the code has uncommitted changes")
+
+    predict = commands.add_parser("predict-forgetting", parents=[analysis], help="predicted (½ Σ Ω Δθ²) against "
+                                  "actual rise of every old task's test loss, per estimator and layer, from a sweep of "
+                                  "`run --log-importances all`")
     predict.add_argument("--out", default="forgetting-prediction",
                          help="output folder (default ./forgetting-prediction)")
-    predict.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (as for run)")
-    predict.add_argument("--allow-dirty", action="store_true",
-                         help="write under results/ although the code has uncommitted changes")
 
-    library = commands.add_parser("library-practice", help="the libraries' Fisher shortcuts against the exact "
-                                  "Fisher, per layer, on the networks a sweep trained")
-    library.add_argument("--experiment", metavar="NAME",
-                         help="the latest sweep of this experiment (default: the latest sweep in the store)")
-    library.add_argument("--sweep", metavar="RUN_ID", help="a sweep's parent run id instead")
+    library = commands.add_parser("library-practice", parents=[analysis], help="the libraries' Fisher shortcuts "
+                                  "against the exact Fisher, per layer, on the networks a sweep trained")
     library.add_argument("--task", type=int_at_least(0),
                          help="each network after this task, on its importance samples (default the last)")
     library.add_argument("--out", default="library-practice", help="output folder (default ./library-practice)")
-    library.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (as for run)")
     library.add_argument("--data-dir", default=None,
                          help=f"folder holding MNIST/raw, FashionMNIST/raw (default ${DATA_DIR_ENV} or ./data)")
     library.add_argument("--no-download", action="store_true", help="never try to download the dataset")
-    library.add_argument("--allow-dirty", action="store_true",
-                         help="write under results/ although the code has uncommitted changes")
 
     verify = commands.add_parser("verify", help="rerun cells of a published results folder here and judge them "
                                  "against its cells.csv")
@@ -558,17 +555,23 @@ def command_report(args) -> int:
     return 0
 
 
-def command_predict_forgetting(args) -> int:
-    from pathlib import Path
-
-    from benchmark.forgetting_prediction import write
+def analysed_sweep(args):
+    """For the commands that analyse a sweep's logged runs: (the store, the sweep read back) — --sweep, or the
+    latest sweep of --experiment (of the whole store without) — after the check of --out."""
     from benchmark.report.collect import latest_sweep, load_sweep
 
     refuse_dirty_results(args.out, args.allow_dirty)
     store = open_store(args, must_exist=True)
-    sweep_id = args.sweep or latest_sweep(store, args.experiment).id
-    readme = write(store, load_sweep(store, [sweep_id], None), Path(args.out),
-                   portable_command(args.argv, ("--tracking-uri",)))
+    return store, load_sweep(store, [args.sweep or latest_sweep(store, args.experiment).id], None)
+
+
+def command_predict_forgetting(args) -> int:
+    from pathlib import Path
+
+    from benchmark.forgetting_prediction import write
+
+    store, sweep = analysed_sweep(args)
+    readme = write(store, sweep, Path(args.out), portable_command(args.argv, ("--tracking-uri",)))
     print(f"written to {readme}", file=sys.stderr)
     return 0
 
@@ -577,13 +580,10 @@ def command_library_practice(args) -> int:
     from pathlib import Path
 
     from benchmark.library_practice import write
-    from benchmark.report.collect import latest_sweep, load_sweep
 
-    refuse_dirty_results(args.out, args.allow_dirty)
-    store = open_store(args, must_exist=True)
-    sweep_id = args.sweep or latest_sweep(store, args.experiment).id
-    readme = write(store, load_sweep(store, [sweep_id], None), args.task, Path(args.out),
-                   portable_command(args.argv, ("--tracking-uri", "--data-dir")), data_dir(args), not args.no_download)
+    store, sweep = analysed_sweep(args)
+    command = portable_command(args.argv, ("--tracking-uri", "--data-dir"))
+    readme = write(store, sweep, args.task, Path(args.out), command, data_dir(args), not args.no_download)
     print(f"written to {readme}", file=sys.stderr)
     return 0
 
