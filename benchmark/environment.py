@@ -40,7 +40,7 @@ FINGERPRINT_KEYS = (*FLOAT_KEYS, "git_commit", "git_dirty", "fingerprint")
 
 
 def git_commit(directory: Path = REPO_ROOT) -> str:
-    return _git(["rev-parse", "HEAD"], directory) or "unknown"
+    return (_git(["rev-parse", "HEAD"], directory) or "").strip() or "unknown"
 
 
 def git_dirty(directory: Path = REPO_ROOT) -> str:
@@ -59,7 +59,8 @@ def _git(arguments: list[str], directory: Path) -> str | None:
         out = subprocess.run(["git", *arguments], cwd=directory, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    # not stripped: the first column of `git status --porcelain` is a space for a change not staged (" M path")
+    return out.stdout if out.returncode == 0 else None
 
 
 def device_tags(device: torch.device) -> dict[str, str]:

@@ -218,6 +218,27 @@ def test_git_dirty_ignores_the_benchmarks_outputs(tmp_path):
     assert git_dirty(tmp_path.parent) == "unknown"  # not a checkout
 
 
+def test_an_unstaged_change_to_a_tracked_output_is_not_dirty(tmp_path):
+    # `git status --porcelain` starts such a line with a space (" D mlruns/.gitignore"): stripping the output once
+    # shifted its path by a character, and a deleted output file made the whole tree "dirty"
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    for path in ("code.py", "mlruns/.gitignore", "results/old/README.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("x\n")
+    git("add", ".")
+    git("commit", "-qm", "code and outputs")
+    (tmp_path / "mlruns/.gitignore").unlink()
+    assert git_dirty(tmp_path) == "False"
+    (tmp_path / "results/old/README.md").write_text("y\n")
+    assert git_dirty(tmp_path) == "False"
+    (tmp_path / "code.py").write_text("y\n")
+    assert git_dirty(tmp_path) == "True"
+
+
 def test_prediction_interval_by_hand():
     # values 1, 2, 3, 4: mean 2.5, sd √(5/3); t_{0.975, 3} = 3.182446305284263
     half = 3.182446305284263 * math.sqrt(5 / 3) * math.sqrt(1 + 1 / 4)
