@@ -33,6 +33,7 @@ from benchmark.errors import UsageError
 from benchmark.progress import Progress
 from benchmark.report.collect import RecordedSweep
 from benchmark.report.stats import MIN_SEEDS, Estimate, mean_ci, paired_difference
+from benchmark.sweep import importances_by_estimator
 from tracking import Store
 
 BASELINE = "uniform"  # Ω = 1
@@ -56,15 +57,6 @@ def predicted_increase(importance: dict[str, np.ndarray], before: dict[str, np.n
         per_layer[layer] = per_layer.get(layer, 0.0) + 0.5 * float((omega.astype(np.float64) * step * step).sum())
     per_layer[ALL_LAYERS] = sum(per_layer.values())
     return per_layer
-
-
-def by_estimator(logged: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """importances.safetensors' keys {estimator}.{parameter} as {estimator: {parameter: values}}."""
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in logged.items():
-        estimator, _, name = key.partition(".")
-        out.setdefault(estimator, {})[name] = value
-    return out
 
 
 def run_points(loss: np.ndarray, states: list[dict[str, np.ndarray]],
@@ -99,7 +91,7 @@ def read_points(store: Store, sweep: RecordedSweep) -> pd.DataFrame:
                 for t in range(tasks):
                     folder = f"tasks/task_{t:02d}"
                     states.append(load_file(store.download(run_id, f"{folder}/state_dict.safetensors", local)))
-                    increments.append(by_estimator(load_file(store.download(
+                    increments.append(importances_by_estimator(load_file(store.download(
                         run_id, f"{folder}/importances.safetensors", local))))
             except Exception:  # MLflow reports a missing artifact its own way for every kind of store
                 raise UsageError(f"run {run_id} ({cell['driver']}, seed {cell['seed']}) lacks loss_matrix.csv or "

@@ -51,7 +51,7 @@ from benchmark.model import make_model
 from benchmark.progress import Progress, duration
 from benchmark.report.stats import MIN_SEEDS, Estimate, mean_ci, paired_difference
 from benchmark.scenario import Splits, TaskSequence, evaluation_head, make_task_sequence
-from benchmark.sweep import config_hash
+from benchmark.sweep import config_hash, importances_by_estimator
 from tracking import Run, Store, StoreError
 
 STEPS = 200  # fractions 0, 1/200, …, 1 zeroed
@@ -555,11 +555,8 @@ def read_logged_run(store: Store, run_id: str, task: int | None, importances: bo
         state = load_file(fetch(store, run_id, f"tasks/task_{task:02d}/state_dict.safetensors", tmp))
         logged_importances = {}
         for j in range(task + 1 if importances else 0):
-            logged = load_file(fetch(store, run_id, f"tasks/task_{j:02d}/importances.safetensors", tmp))
-            logged_importances[j] = {}
-            for key, value in logged.items():
-                estimator, _, name = key.partition(".")  # "fis.fc1.weight"
-                logged_importances[j].setdefault(estimator, {})[name] = value
+            logged_importances[j] = importances_by_estimator(
+                load_file(fetch(store, run_id, f"tasks/task_{j:02d}/importances.safetensors", tmp)))
     return LoggedRun(run_id, config, int(resolved["seed"]), task, state, logged_importances)
 
 

@@ -59,6 +59,16 @@ NOT_RUN = "NOT RUN"  # the status of a carried chain's cells after one that fail
 AdamStates = dict[tuple[str, int], AdamState]
 
 
+def importances_by_estimator(logged: dict) -> dict[str, dict]:
+    """A task's importances.safetensors, whose keys are {estimator}.{parameter} (CellRun.task writes them), as
+    {estimator: {parameter: values}}: what every reader of the file takes them back as."""
+    out: dict[str, dict] = {}
+    for key, value in logged.items():
+        estimator, _, name = key.partition(".")  # "fis.fc1.weight"
+        out.setdefault(estimator, {})[name] = value
+    return out
+
+
 def config_hash(resolved: dict) -> str:
     # where λ came from does not change a result; its value does
     same = {k: v for k, v in resolved.items() if k not in ("lambda_source", "lambda_study")}
