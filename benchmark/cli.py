@@ -11,7 +11,16 @@ import sys
 
 from benchmark import plugins
 from benchmark.cluster.jobs import RaySettings
-from benchmark.config import DATASETS, PROTOCOLS, Config, check_chain_runs_here, load_config, refuse_carried_adam
+from benchmark.config import (
+    CURVE_FIRST_SEED,
+    DATASETS,
+    PROTOCOLS,
+    TUNING_FIRST_SEED,
+    Config,
+    check_chain_runs_here,
+    load_config,
+    refuse_carried_adam,
+)
 from benchmark.drivers import CURVE_DRIVERS, PAPER_DRIVERS, drivers, estimator_drivers
 from benchmark.errors import UsageError
 from benchmark.lambdas import MIN_TUNED_TRIALS, SOURCES
@@ -360,6 +369,10 @@ def resolve_lambdas(config: Config, drivers: list[str], args) -> tuple[dict, lis
 
 
 def command_run(args) -> int:
+    if args.first_seed + args.seeds > TUNING_FIRST_SEED:
+        raise UsageError(f"--first-seed/--seeds: run reports seeds below {TUNING_FIRST_SEED}, not "
+                         f"{args.first_seed + args.seeds - 1}; from {TUNING_FIRST_SEED} on they are tune's and "
+                         "lambda-curve's")
     options = ray_options(args)
     config = read_config(args)
     check_chain_runs_here(config, args.parallel, ray=args.executor == "ray")
@@ -417,7 +430,7 @@ def command_tune(args) -> int:
     options = ray_options(args)
     check_model(config)
     storage = tuning.open_storage(storage_url)
-    seeds = list(range(tuning.TUNING_FIRST_SEED, tuning.TUNING_FIRST_SEED + args.tuning_seeds))
+    seeds = list(range(TUNING_FIRST_SEED, TUNING_FIRST_SEED + args.tuning_seeds))
     if args.executor == "ray":
         from benchmark.cluster.head import RayTuner
 
@@ -447,7 +460,7 @@ def print_study(study, storage_url: str) -> None:
 def command_lambda_curve(args) -> int:
     from pathlib import Path
 
-    from benchmark.lambda_curve import CURVE_FIRST_SEED, run_lambda_curve
+    from benchmark.lambda_curve import run_lambda_curve
     from estimators.names import base_estimator
 
     config = read_config(args)

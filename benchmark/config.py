@@ -27,6 +27,9 @@ MODEL_KINDS = ("mlp", "conv")  # model.kind (model.py)
 SPLIT_CLASSES_PER_TASK = 2  # split-MNIST: classes 0/1, 2/3, … one pair per task
 IMAGE_SIDE = 28  # MNIST and Fashion-MNIST: 28×28 grey images
 ADAM_STATES = ("fresh", "carried")  # training.adam_state
+# Disjoint seed ranges, so that no reported number comes from a seed that also chose a λ: `run` reports seeds below
+# TUNING_FIRST_SEED, `tune` trains on TUNING_FIRST_SEED, …, and `lambda-curve` draws its curve on CURVE_FIRST_SEED, …
+TUNING_FIRST_SEED, CURVE_FIRST_SEED = 10_000, 20_000
 # for a list field whose default is empty, the element type its values must have ("should be like …")
 FLOATS, STRINGS = {"like": (0.0,)}, {"like": ("mnist",)}
 # The config hash (sweep.config_hash) is how a rerun of a command finds its finished cells. A setting added after

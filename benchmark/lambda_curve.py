@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.config import Config
+from benchmark.config import CURVE_FIRST_SEED, Config
 from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS, experiment_name
 from benchmark.lambdas import Lambda
 from benchmark.report.stats import mean_ci
 
-CURVE_FIRST_SEED = 20000  # disjoint from the seeds `run` reports (0 …) and `tune`'s (10000 …)
 SUMMARY_FILE, BEST_FILE, FIGURE_FILE = "curve_summary.csv", "best.csv", "lambda_response.png"
 # cells.csv's columns (the layout verify reads, benchmark/report/cells.py), and the phase each cell belongs to
 CELL_COLUMNS = ("protocol", "dataset", "driver", "seed", "lambda", "lambda_source", "phase", "val_ACC", "ACC", "BWT",

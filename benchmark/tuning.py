@@ -36,7 +36,6 @@ from benchmark.scenario import Splits, make_task_sequence
 from tracking import Store, hold_signals_in
 
 LAMBDA_RANGE = (1e-3, 1e5)
-TUNING_FIRST_SEED = 10_000
 STORAGE_ENV = "BENCHMARK_OPTUNA_STORAGE"
 DEFAULT_STORAGE = "mlruns/optuna.journal"
 
