@@ -1,4 +1,4 @@
-"""Sparsification curves — does an importance name the weights a task needs? (issue 21, item 1: the paper author's
+"""Sparsification curves — does an importance name the weights a task needs? (the paper author's
 section-4 test, aakutalev/ewc-features section4/weight-sparse*.py, generalised.)
 
 A trained model's weights are zeroed in the order of an importance, and the test accuracy and mean cross-entropy

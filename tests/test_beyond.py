@@ -1,4 +1,4 @@
-"""Beyond the paper (issue 7): a second dataset, online accumulation, the extra pairs and the top-k overlap."""
+"""Beyond the paper: a second dataset, online accumulation, the extra pairs and the top-k overlap."""
 
 from dataclasses import replace
 

@@ -1,4 +1,4 @@
-"""What continual-learning libraries compute (issue 21, item 3): the arg-max-label Fisher, the p(y|x)-weighted Fisher,
+"""What continual-learning libraries compute: the arg-max-label Fisher, the p(y|x)-weighted Fisher,
 fis_batched with BatchNorm in train mode, SI's upper clamp and the blended accumulation — each against a slow loop
 of its own definition (float64) and against its defining property; their options in the config."""
 

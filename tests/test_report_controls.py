@@ -1,4 +1,4 @@
-"""The report's Controls section (issue 13) and sweeps of two protocols reported together, on real smoke sweeps in
+"""The report's Controls section and sweeps of two protocols reported together, on real smoke sweeps in
 a real MLflow store: the paired differences against the runs' own accuracy matrices, the per-protocol verdicts
 against the reports of each sweep alone."""
 

@@ -1,8 +1,9 @@
-"""The device check (issue #14), one command on a machine with a GPU: `pytest tests/bench/test_device.py -s`.
+"""The device check, one command on a machine with a GPU: `pytest tests/bench/test_device.py -s`.
 Skipped without CUDA. Within about 8 minutes on one GPU it measures:
 
 - one paper cell alone on the GPU, and the whole paper sweep (5 drivers × 5 seeds) stacked with `--parallel 25`:
-  the ratio of the two wall times (goal ≤ 2) and the sweep's wall time (goal ≤ 3 minutes on an H100-class GPU);
+  the ratio of the two wall times (goal ≤ 2) and the sweep's wall time (goal ≤ 3 minutes on an H100-class GPU),
+  each asserted;
 - GPU against CPU on one cell (mas, seed 0; the GPU's from the stacked sweep, batched products and all): test ACC
   within 0.3 points, every layerwise correlation of the last task within 0.02 — measured, not assumed.
 
@@ -83,3 +84,6 @@ def test_paper_sweep_stacked_on_one_gpu(benchmark, mnist, tmp_path):
     assert len(gaps) > 0
     assert 100 * abs(gpu_acc - cpu_acc) <= ACC_POINTS, "GPU and CPU disagree on the cell's ACC"
     assert gaps.max() <= CORRELATION_GAP, f"GPU and CPU disagree on a correlation by {gaps.max():.3f}"
+    if not ON_CPU:  # the goals are the GPU's: a dry run on the CPU only exercises this file's code
+        assert ratio <= STACK_RATIO_GOAL, f"the stacked sweep took {ratio:.2f}× one cell (goal ≤ {STACK_RATIO_GOAL})"
+        assert whole <= SWEEP_SECONDS_GOAL, f"the sweep took {whole:.0f} s (goal ≤ {SWEEP_SECONDS_GOAL:.0f} s)"

@@ -1,4 +1,4 @@
-"""Issue 21's cost target for the sparsification curves (benchmark/sparsify.py), as a ratio measured in one process
+"""The cost target for the sparsification curves (benchmark/sparsify.py), as a ratio measured in one process
 like tests/bench/test_speed.py's: a sparsify run of all estimators on one task — every estimator the sparsify
 protocol observes and both baselines, in increasing and decreasing order, per layer and global, each curve 201
 points on the 10,000 test images — against the training of that task as `run` trains it (benchmark.loop.run_cells:
