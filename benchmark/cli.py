@@ -258,6 +258,12 @@ def make_parser() -> Parser:
     verify.add_argument("--data-dir", default=None,
                         help=f"folder holding MNIST/raw, FashionMNIST/raw (default ${DATA_DIR_ENV} or ./data)")
     verify.add_argument("--no-download", action="store_true", help="never try to download the dataset")
+
+    compare = commands.add_parser("compare", help="two published results folders paired by seed from their cells.csv: "
+                                  "each driver's B − A with its interval, no training")
+    compare.add_argument("folder_a", metavar="A", help="a results folder with cells.csv, e.g. results/paper")
+    compare.add_argument("folder_b", metavar="B", help="the folder whose difference from A is wanted")
+    compare.add_argument("--out", metavar="FILE", help="also write the table, a row per driver and measure, as CSV")
     return parser
 
 
@@ -609,10 +615,23 @@ def command_verify(args) -> int:
     return verify(Path(args.folder), args.cells, args.tracking_uri, data_dir(args), not args.no_download)
 
 
+def command_compare(args) -> int:
+    from pathlib import Path
+
+    from benchmark.compare import compare, markdown
+
+    table, differing = compare(Path(args.folder_a), Path(args.folder_b))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False, float_format="%.6g")
+    print(markdown(table, differing))
+    return 0
+
+
 COMMANDS = {"run": command_run, "tune": command_tune, "lambda-curve": command_lambda_curve, "report": command_report,
             "sparsify": command_sparsify, "predict-forgetting": command_predict_forgetting,
             "library-practice": command_library_practice,
-            "verify": command_verify}
+            "verify": command_verify, "compare": command_compare}
 
 
 def main(argv: list[str] | None = None) -> int:
