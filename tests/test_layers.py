@@ -15,6 +15,9 @@ FORBIDDEN = [
     ("benchmark.report", "estimators"),  # the report reads what runs recorded, never the math that made it
     ("benchmark.report", "benchmark.loop"), ("benchmark.report", "benchmark.sweep"),
     ("benchmark.report", "benchmark.tuning"),
+    # compare reads published files alone: no store, no training
+    *[("benchmark.compare", high) for high in ("tracking", "estimators", "benchmark.loop", "benchmark.sweep",
+                                               "benchmark.tuning")],
     # the low-level modules every layer may use import nothing above them
     *[(low, high) for low in ("benchmark.errors", "benchmark.environment", "benchmark.metrics", "benchmark.progress",
                               "benchmark.config", "benchmark.penalty", "benchmark.evaluation")
