@@ -23,7 +23,8 @@ POSTGRES_URL = os.environ.get("BENCHMARK_TEST_POSTGRES_URL")  # .ci/run starts a
 
 
 def tune_process(storage: str, uri: str, trials: int, sampler_seed: int) -> subprocess.Popen:
-    env = {**os.environ, "BENCHMARK_DATA_DIR": DATA_DIR}
+    # two workers run at once: each takes half the cores (torch's threads would otherwise spin against each other)
+    env = {**os.environ, "BENCHMARK_DATA_DIR": DATA_DIR, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
     return subprocess.Popen([sys.executable, "-m", "benchmark", "tune", "--driver", "mas", "--protocol", "smoke",
                              "--trials", str(trials), "--storage", storage, "--tracking-uri", uri,
                              "--sampler-seed", str(sampler_seed)],
