@@ -15,7 +15,10 @@ from tests.conftest import DATA_DIR
 
 ROUNDS = 5
 START_UP_GOAL_SECONDS = 3.0
-START_UP_GUARD_RATIO = 3.0  # a quiet machine's torch import is ≈ 1.4 s: the guard sits above the goal, for noise
+# Guards as ratios to a bare torch import (≈ 1.4 s on a quiet machine), above what was measured (docs/performance.md,
+# "The first minute": 1.90 with an existing store, 2.62 creating one, under load), so that noise cannot fail them
+# while an import of torchvision or a second store creation would.
+START_UP_GUARD_RATIO = {False: 3.0, True: 4.0}  # by whether the run creates its store
 
 
 def seconds(args: list[str]) -> float:
@@ -76,4 +79,5 @@ def test_a_runs_fixed_start_up(benchmark, tmp_path, fresh):
                                 goal_met=start_up <= START_UP_GOAL_SECONDS)
     print(f"\nrun start-up ({'new' if fresh else 'existing'} store): {start_up:.2f} s; importing torch alone "
           f"{torch_import:.2f} s; ratio {ratio:.2f}")
-    assert ratio <= START_UP_GUARD_RATIO, f"a run took {start_up:.1f} s ({ratio:.1f}× a torch import) to start training"
+    assert ratio <= START_UP_GUARD_RATIO[fresh], \
+        f"a run took {start_up:.1f} s ({ratio:.1f}× a torch import) to start training"
