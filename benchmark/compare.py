@@ -4,13 +4,13 @@ store, no training, so anyone holding the two folders can recompute every number
 For each driver both folders ran, and each measure (ACC, BWT, forgetting): B − A, the mean of the per-seed
 differences with its 95% t-interval over the seeds both ran (benchmark.report.stats.paired_difference) — seeds are
 shared between protocols (the same permutations, initial weights and batch order), so the pairing removes what the
-seed alone decides. The direction is read from the interval: "B higher" or "B lower" only when it excludes 0,
-"identical" when every shared seed gave the same value bit for bit.
-Also how many seeds gave bit-identical values in both folders: a driver whose settings the two protocols share
-(`none` under two λ choices) must give all of them, which checks both regenerations at once.
+seed alone decides. The direction is read from the interval: "B higher" or "B lower" only when it excludes 0;
+"identical" when every shared seed gave the same value bit for bit, as a driver whose settings the two protocols
+share must (`none` under two λ choices) — a check of both regenerations at once.
 
-A difference between the folders is only the effect of what differs between them: the output names the columns that
-differ (λ, the fingerprint's CPU, threads, torch, commit), so a reader sees whether more than the intended one does.
+A difference between the folders is the effect of everything that differs between them: each row gives both λ, and
+the output names the environment columns whose values differ (CPU, threads, library versions, commit), so a reader
+sees whether more than the intended change does.
 """
 
 from pathlib import Path
@@ -57,9 +57,9 @@ def compare(folder_a: Path, folder_b: Path) -> tuple[pd.DataFrame, list[str]]:
     a, b = read_cells(folder_a), read_cells(folder_b)
     name_a, name_b = one_protocol(a, folder_a), one_protocol(b, folder_b)
     drivers = in_paper_order(set(a.driver) & set(b.driver))
-    measures = [m for m in MEASURES if m in a.columns and m in b.columns]
     if not drivers:
         raise UsageError(f"{folder_a} and {folder_b} share no driver")
+    measures = [m for m in MEASURES if m in a.columns and m in b.columns]
     rows = []
     for driver in drivers:
         by_seed = [x[x.driver == driver].set_index("seed") for x in (a, b)]
