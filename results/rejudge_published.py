@@ -2,7 +2,7 @@
 what they publish: each (layer, task) cell's mean and 95% t-interval over seeds in correlations_summary.csv.gz,
 judged by the report's own rule (benchmark.report.stats.above). Driver mas, every one of the 8 ways of measuring.
 
-    python results/rejudge_published.py paper-tuned author > results/claims_rejudged.csv
+    python results/rejudge_published.py author > results/claims_rejudged.csv
 
 The paired claim (corr(FIS, MAS²) > corr(FIS, MAS)) and the SIG trend need per-seed values, which these folders
 do not publish: they are judged when the folders are regenerated with `report`, which writes claims.csv and
