@@ -38,6 +38,8 @@ def direction(e: Estimate, identical: bool) -> str:
 
 
 def one_protocol(cells: pd.DataFrame, folder: Path) -> str:
+    """The folder's protocol; a UsageError unless it holds one protocol and each (driver, seed) once — what pairing
+    by seed needs."""
     protocols = sorted(set(cells.protocol))
     if len(protocols) != 1:
         raise UsageError(f"{folder} holds protocols {', '.join(protocols)}: compare needs one protocol per folder")
