@@ -264,6 +264,9 @@ def make_parser() -> Parser:
     compare.add_argument("folder_a", metavar="A", help="a results folder with cells.csv, e.g. results/paper")
     compare.add_argument("folder_b", metavar="B", help="the folder whose difference from A is wanted")
     compare.add_argument("--out", metavar="FILE", help="also write the table, a row per driver and measure, as CSV")
+    compare.add_argument("--first-seed", type=int_at_least(0), default=0,
+                         help="pair only the seeds from this one on (1: leave out the fresh first cell of an "
+                              "adam_state = 'carried' chain, the same in both)")
     return parser
 
 
@@ -620,7 +623,7 @@ def command_compare(args) -> int:
 
     from benchmark.compare import compare, markdown
 
-    table, differing = compare(Path(args.folder_a), Path(args.folder_b))
+    table, differing = compare(Path(args.folder_a), Path(args.folder_b), args.first_seed)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out, index=False, float_format="%.6g")

@@ -54,10 +54,12 @@ def lambdas(cells: pd.DataFrame, driver: str) -> str:
     return ",".join(f"{v:.4g}" for v in sorted(set(cells[cells.driver == driver]["lambda"].dropna())))
 
 
-def compare(folder_a: Path, folder_b: Path) -> tuple[pd.DataFrame, list[str]]:
-    """The long table (a row per driver and measure) and the context columns whose values differ."""
+def compare(folder_a: Path, folder_b: Path, first_seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    """The long table (a row per driver and measure) and the context columns whose values differ; only seeds from
+    first_seed on are paired."""
     a, b = read_cells(folder_a), read_cells(folder_b)
     name_a, name_b = one_protocol(a, folder_a), one_protocol(b, folder_b)
+    a, b = a[a.seed >= first_seed], b[b.seed >= first_seed]
     drivers = in_paper_order(set(a.driver) & set(b.driver))
     if not drivers:
         raise UsageError(f"{folder_a} and {folder_b} share no driver")

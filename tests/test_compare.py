@@ -50,6 +50,23 @@ def test_a_shown_difference_and_the_cli(tmp_path, capsys):
     assert written[written.measure == "ACC"].direction.tolist() == ["B higher"]
 
 
+def test_first_seed_leaves_out_the_seeds_before_it(tmp_path, capsys):
+    """A carried Adam chain's first cell starts fresh, the same as the protocol it ablates: --first-seed 1 pairs
+    only the cells whose Adam was carried."""
+    a = folder(tmp_path, "a", "author", [("mas", s, 4.5, acc) for s, acc in enumerate([0.95, 0.94, 0.95, 0.93])])
+    b = folder(tmp_path, "b", "author-adam-carried",
+               [("mas", s, 4.5, acc) for s, acc in enumerate([0.95, 0.96, 0.95, 0.96])])
+    everything = compare(a, b)[0].set_index(["driver", "measure"]).loc[("mas", "ACC")]
+    assert (everything.seeds, everything.identical_seeds) == (4, 2)
+    carried = compare(a, b, first_seed=1)[0].set_index(["driver", "measure"]).loc[("mas", "ACC")]
+    # differences 0.02, 0.00, 0.03 (seeds 1–3): mean 0.016667, sd 0.015275, t(0.975, 2) = 4.302653 → ± 0.037946
+    assert (carried.seeds, carried.identical_seeds) == (3, 1)
+    assert carried["mean"] == pytest.approx(0.016667, abs=1e-6)
+    assert (carried.low, carried.high) == (pytest.approx(-0.021279, abs=1e-6), pytest.approx(0.054612, abs=1e-6))
+    assert main(["compare", str(a), str(b), "--first-seed", "1"]) == 0
+    assert "| mas | 4.5 | 4.5 | +1.67 [-2.13, +5.46] | 3 | 1 | no difference shown |" in capsys.readouterr().out
+
+
 def test_bad_folders_are_one_line_errors(tmp_path, capsys):
     a = folder(tmp_path, "a", "paper", [("fis", 0, 41, 0.9)])
     mixed = tmp_path / "mixed"
