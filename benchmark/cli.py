@@ -167,6 +167,9 @@ def make_parser() -> Parser:
                       help="seeds per trial, from 10000 on: never the seeds run reports (default 1)")
     tune.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler")
     tune.add_argument("--show", action="store_true", help="print the best λ of every study in the storage")
+    tune.add_argument("--confirm", type=int_at_least(2), metavar="K",
+                      help="run no trials: rerun each study's K best λ on the next tuning seed (10000 + "
+                           "--tuning-seeds) and record whether its best λ stays the best")
 
     curve = commands.add_parser("lambda-curve", parents=[training, stores],
                                 help="final validation ACC over a λ grid per driver, then test ACC at each best λ")
@@ -424,7 +427,8 @@ def command_tune(args) -> int:
             best = "no completed trial" if r["best_lambda"] is None else \
                 f"best λ {r['best_lambda']:.4g} (validation ACC {r['best_value']:.4f})"
             print(f"{r['study']}: {best}; trials complete {r['complete']}, pruned {r['pruned']}, "
-                  f"failed {r['failed']}, running {r['running']}")
+                  f"failed {r['failed']}, running {r['running']}"
+                  + (f"; {r['confirmation'].line()}" if r["confirmation"] else ""))
         return 0
     if args.driver is None:
         raise UsageError("tune needs --driver (or --show)")
@@ -440,6 +444,16 @@ def command_tune(args) -> int:
     check_model(config)
     storage = tuning.open_storage(storage_url)
     seeds = list(range(TUNING_FIRST_SEED, TUNING_FIRST_SEED + args.tuning_seeds))
+    if args.confirm:
+        if args.executor == "ray":
+            raise UsageError("tune --confirm runs in this process: drop --executor ray")
+        candidates = {driver: tuning.best_trials(storage, driver, config, args.confirm) for driver in to_tune}
+        splits, store = load_data(config, args), open_store(args)
+        for driver, (study, complete) in candidates.items():
+            result = tuning.confirm(store, study, complete, config, driver, seeds[-1] + 1, splits,
+                                    command_line(args.argv))
+            print(f"{study.study_name}: {result.line()}")
+        return 0
     if args.executor == "ray":
         from benchmark.cluster.head import RayTuner
 

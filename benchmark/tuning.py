@@ -110,7 +110,8 @@ def study_summaries(storage) -> list[dict]:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         best = summary.best_trial
         rows.append({"study": summary.study_name, "best_lambda": best.params["lambda"] if best else None,
-                     "best_value": best.value if best else None, **trial_counts(study)})
+                     "best_value": best.value if best else None, **trial_counts(study),
+                     "confirmation": confirmation(study)})
     return rows
 
 
@@ -248,6 +249,102 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
     return study
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """A study's K best λ rerun on a tuning seed its trials never used: does its best λ stay the best?
+
+    One seed per trial cannot tell a flat optimum's best λ from its runner-up (the trial-to-trial noise of one
+    seed is a few tenths of a point); a second seed shows whether the order was luck."""
+
+    seed: int
+    lambdas: list[float]  # the study's K best complete trials' λ, best first
+    study_values: list[float]  # their objective in the study
+    values: list[float]  # their validation ACC on `seed`
+
+    @property
+    def confirmed(self) -> bool:
+        """The study's best λ is also the best of the K on the new seed."""
+        return max(range(len(self.values)), key=self.values.__getitem__) == 0
+
+    def line(self) -> str:
+        pairs = ", ".join(f"λ {lam:.4g}: {old:.4f} → {new:.4f}"
+                          for lam, old, new in zip(self.lambdas, self.study_values, self.values))
+        verdict = "confirmed" if self.confirmed else "not confirmed"
+        return f"on seed {self.seed} the best λ is {verdict} ({pairs})"
+
+
+def confirmation(study: optuna.Study) -> Confirmation | None:
+    record = study.user_attrs.get("confirmation")
+    return Confirmation(**record) if record else None
+
+
+def best_trials(storage, driver: str, config: Config, top: int) -> tuple[optuna.Study, list]:
+    """The (driver, protocol) study and its `top` best complete trials, best first; a usage error if there are
+    fewer than 2 to compare."""
+    try:
+        study = load_study(storage, driver, config)
+    except KeyError:
+        raise UsageError(f"tune --confirm: no study {study_name(driver, config.protocol, config.data.dataset)} to "
+                         "confirm; run its trials first") from None
+    complete = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                      key=lambda t: t.value, reverse=True)[:top]
+    if len(complete) < 2:
+        raise UsageError(f"tune --confirm: study {study.study_name} has {len(complete)} complete trial(s); a "
+                         "confirmation compares at least 2")
+    return study, complete
+
+
+def confirm(store: Store, study: optuna.Study, complete: list, config: Config, driver: str, seed: int,
+            splits: dict[str, Splits], command: str) -> Confirmation:
+    """Rerun the study's best trials' λ (`complete`, from best_trials) on tuning seed `seed` (validation split
+    only) and record the result on the study (user attribute `confirmation`) and in MLflow (a `confirm` run, a
+    child per λ)."""
+    experiment = f"{experiment_name(config)}-tuning"
+    scenario = make_task_sequence(config.data, splits, seed)
+    parent = store.start_run(experiment, f"confirm-{driver}", tags={
+        "kind": "confirm", "driver": driver, "protocol": config.protocol, "study": study.study_name,
+        "seeds": str(seed), "command": command, **fingerprint(scenario.device)},
+        experiment_description=tuning_experiment_description(config))
+    progress = Progress("λ", total=len(complete), steps_per_item=config.data.tasks)
+    progress.describe(f"confirm {study.study_name}")
+    values, status = [], "FAILED"
+    try:
+        for trial in complete:
+            lam = float(trial.params["lambda"])
+            run = store.start_run(experiment, f"{driver}-confirm-trial{trial.number}", parent=parent, tags={
+                "kind": "confirm-lambda", "driver": driver, "study": study.study_name, "trial": trial.number,
+                "lambda": lam})
+            run.log_params({"lambda": lam, "trial": trial.number, "seeds": str(seed)})
+
+            def report(task: int, running: float, run=run) -> None:
+                run.log_metrics({"val_acc": running}, step=task)
+                progress.step()
+
+            try:
+                value = validation_objective(config, driver, lam, [seed], [scenario], report)
+            except BaseException as e:
+                run.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+                raise
+            run.log_metrics({"objective": value})
+            run.finish("FINISHED")
+            values.append(value)
+            progress.item_done(f"λ {lam:.4g} (trial #{trial.number}, study {trial.value:.4f}): validation ACC "
+                               f"{value:.4f} on seed {seed}")
+        result = Confirmation(seed, [float(t.params["lambda"]) for t in complete],
+                              [float(t.value) for t in complete], values)
+        study.set_user_attr("confirmation", {"seed": result.seed, "lambdas": result.lambdas,
+                                             "study_values": result.study_values, "values": result.values})
+        parent.set_tags({"confirmed": str(result.confirmed).lower()})
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        progress.close()
+        parent.finish(status)
+    return result
+
+
 def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     """A finished trial for the progress log: number, λ, how it ended, its wall time and the study's best."""
     if trial.state.name == "COMPLETE":
@@ -267,21 +364,30 @@ def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
 
 
 def _evaluate(config: Config, driver: str, lam: float, seeds: list[int], scenarios, trial, run) -> float:
-    """Train every tuning seed in lockstep, task by task, reporting the running validation accuracy."""
-    sequences: Iterable = zip(*(run_sequence(config, driver, lam, seed, scenario, use_test_split=False)
-                                for seed, scenario in zip(seeds, scenarios)))
-    matrices: list[list[list[float]]] = [[] for _ in seeds]
+    """Train every tuning seed in lockstep, task by task, reporting the running validation accuracy to the trial
+    (which may prune it) and the run."""
+    def report(task: int, running: float) -> None:
+        run.log_metrics({"val_acc": running}, step=task)
+        trial.report(running, step=task)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"median pruner at task {task} (val_acc {running:.4f})")
+
     try:
-        for task_results in sequences:
-            for rows, result in zip(matrices, task_results):
-                rows.append(result.validation_accuracy)
-            task = task_results[0].task
-            running = float(np.mean([average_accuracy(np.array(rows)) for rows in matrices]))
-            run.log_metrics({"val_acc": running}, step=task)
-            trial.report(running, step=task)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"median pruner at task {task} (val_acc {running:.4f})")
+        return validation_objective(config, driver, lam, seeds, scenarios, report)
     except Diverged as e:
         trial.set_user_attr("failure_reason", str(e))
         raise optuna.TrialPruned(f"diverged: {e}") from None
+
+
+def validation_objective(config: Config, driver: str, lam: float, seeds: list[int], scenarios,
+                         report: Callable[[int, float], None]) -> float:
+    """Mean validation accuracy over all tasks after the last, averaged over the seeds; after each task,
+    report(task, running value over the tasks seen)."""
+    sequences: Iterable = zip(*(run_sequence(config, driver, lam, seed, scenario, use_test_split=False)
+                                for seed, scenario in zip(seeds, scenarios)))
+    matrices: list[list[list[float]]] = [[] for _ in seeds]
+    for task_results in sequences:
+        for rows, result in zip(matrices, task_results):
+            rows.append(result.validation_accuracy)
+        report(task_results[0].task, float(np.mean([average_accuracy(np.array(rows)) for rows in matrices])))
     return float(np.mean([average_accuracy(np.array(rows)) for rows in matrices]))

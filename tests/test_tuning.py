@@ -219,3 +219,45 @@ def test_pruner_compares_the_current_value_with_the_median():
     trial.report(0.87, 2)  # below the median 0.88 at step 2, though its best (0.93) is not
     assert trial.should_prune()
     assert not optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2).prune(study, study.trials[-1])
+
+
+def test_confirm_reruns_the_best_lambdas_on_the_next_tuning_seed(tmp_path, store_uri, mnist, capsys):
+    from benchmark.config import load_config
+    from benchmark.scenario import make_splits, make_task_sequence
+    from benchmark.tuning import confirmation, validation_objective
+
+    storage = str(tmp_path / "optuna.journal")
+    common = ["--protocol", "smoke", "--storage", storage, "--tracking-uri", store_uri, "--data-dir", DATA_DIR]
+    assert main(["tune", "--driver", "mas", "--trials", "3", "--sampler-seed", "0", *common]) == 0
+    assert main(["tune", "--driver", "mas", "--confirm", "2", *common]) == 0
+    printed = capsys.readouterr().out
+    study = optuna.load_study(study_name="lambda-mas-smoke", storage=open_storage(storage))
+    best_two = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)[:2]
+    result = confirmation(study)
+    assert result.seed == 10001 and result.lambdas == [t.params["lambda"] for t in best_two]
+    assert result.study_values == [t.value for t in best_two]
+    assert result.confirmed == (result.values[0] >= result.values[1])
+    assert f"lambda-mas-smoke: {result.line()}" in printed
+
+    # the recorded value is the validation objective of that λ on seed 10001, not on the study's seed 10000
+    config = load_config("smoke")
+    splits = make_splits(config.data, mnist)
+    for seed, expected in ((10001, result.values[1]), (10000, result.study_values[1])):
+        scenario = make_task_sequence(config.data, {"mnist": splits}, seed)
+        assert validation_objective(config, "mas", result.lambdas[1], [seed], [scenario],
+                                    lambda task, value: None) == pytest.approx(expected, abs=1e-12)
+
+    store = Store(store_uri)
+    (parent,) = store.find_runs("pmnist-smoke-tuning", kind="confirm")
+    assert parent.status == "FINISHED" and parent.tags["confirmed"] == str(result.confirmed).lower()
+    children = store.find_runs("pmnist-smoke-tuning", kind="confirm-lambda")
+    assert sorted(float(r.tags["lambda"]) for r in children) == sorted(result.lambdas)
+    assert main(["tune", "--show", "--storage", storage]) == 0
+    assert f"; {result.line()}" in capsys.readouterr().out
+
+
+def test_confirm_without_a_study_is_a_usage_error(tmp_path, untouched_store, capsys):
+    assert main(["tune", "--driver", "sig", "--protocol", "smoke", "--confirm", "2", "--storage",
+                 str(tmp_path / "optuna.journal"), "--tracking-uri", untouched_store, "--data-dir", DATA_DIR]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no study lambda-sig-smoke to confirm" in err, err
