@@ -1,0 +1,44 @@
+"""results/scenarios.py: the across-scenarios table, recomputed by hand from a published folder's files."""
+
+import csv
+import gzip
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_the_table_equals_a_hand_computation_from_cells_and_summary():
+    out = subprocess.run([sys.executable, "results/scenarios.py", "results/paper"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    with open(ROOT / "results/paper/cells.csv") as f:
+        cells = list(csv.DictReader(f))
+    acc = {(c["driver"], int(c["seed"])): float(c["ACC"]) for c in cells}
+
+    fis = next(r for r in rows if r["kind"] == "acc" and r["driver"] == "fis")
+    differences = np.array([acc["fis", s] - acc["none", s] for s in range(5)])
+    half = stats.t.ppf(0.975, 4) * differences.std(ddof=1) / np.sqrt(5)
+    assert float(fis["vs_none"]) == pytest.approx(differences.mean(), rel=1e-5)
+    assert float(fis["vs_none_low"]) == pytest.approx(differences.mean() - half, rel=1e-5)
+    assert float(fis["ACC"]) == pytest.approx(np.mean([acc["fis", s] for s in range(5)]), rel=1e-5)
+    none = next(r for r in rows if r["kind"] == "acc" and r["driver"] == "none")
+    assert none["vs_none"] == ""
+
+    with gzip.open(ROOT / "results/paper/correlations_summary.csv.gz", "rt") as f:
+        summary = [r for r in csv.DictReader(f) if r["driver"] == "mas" and r["kind"] == "accumulated"
+                   and r["param"] == "weight" and r["method"] == "pearson" and r["task"] == "9"]
+    correlations = [r for r in rows if r["kind"] == "correlation"]
+    assert [(r["position"], r["layer"]) for r in correlations] == [("first", "fc1"), ("middle", "fc2"),
+                                                                   ("output", "fc3")]
+    for row in correlations:
+        for column, (a, b) in {"mas_fis": ("fis", "mas"), "mas_si": ("mas", "si"), "mas_sig": ("mas", "sig")}.items():
+            (truth,) = [r for r in summary if (r["layer"], r["estimator_a"], r["estimator_b"]) == (row["layer"], a, b)]
+            assert float(row[column]) == pytest.approx(float(truth["mean"]), rel=1e-5)
+            assert float(row[f"{column}_high"]) == pytest.approx(float(truth["ci_high"]), rel=1e-5)
