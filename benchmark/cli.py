@@ -167,6 +167,9 @@ def make_parser() -> Parser:
                       help="seeds per trial, from 10000 on: never the seeds run reports (default 1)")
     tune.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler")
     tune.add_argument("--show", action="store_true", help="print the best λ of every study in the storage")
+    tune.add_argument("--no-pruning", action="store_true",
+                      help="run every trial to the last task (the median pruner stops most trials near a flat "
+                           "optimum; use this to reach a count of complete trials)")
     tune.add_argument("--confirm", type=int_at_least(2), metavar="K",
                       help="run no trials: rerun each study's K best λ on the next tuning seed (10000 + "
                            "--tuning-seeds) and record whether its best λ stays the best")
@@ -463,7 +466,7 @@ def command_tune(args) -> int:
         tuner = tuning.tune_here(load_data(config, args))
     store = open_store(args)
     failures = tuner(tuning.Studies(store, storage, storage_url, config, to_tune, args.trials, seeds,
-                                    command_line(args.argv), args.sampler_seed))
+                                    command_line(args.argv), args.sampler_seed, not args.no_pruning))
     for driver in to_tune:
         print_study(tuning.load_study(storage, driver, config), storage_url)
     for failure in failures:

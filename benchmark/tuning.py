@@ -157,6 +157,7 @@ class Studies:
     seeds: list[int]
     command: str
     sampler_seed: int | None
+    pruning: bool = True  # False: every trial runs to the last task (each one a complete trial, at full cost)
 
 
 # A tuner runs the studies and returns why any part of them failed (empty: none did). tune_here(splits) is the
@@ -169,21 +170,24 @@ def tune_here(splits: dict[str, Splits]) -> Tuner:
     def run(studies: Studies) -> list[str]:
         for driver in studies.drivers:
             tune(studies.store, studies.storage, studies.storage_url, studies.config, driver, studies.trials,
-                 studies.seeds, splits, studies.command, studies.sampler_seed)
+                 studies.seeds, splits, studies.command, studies.sampler_seed, studies.pruning)
         return []
     return run
 
 
 def tune(store: Store, storage, storage_url: str, config: Config, driver: str, trials: int, seeds: list[int],
-         splits: dict[str, Splits], command: str, sampler_seed: int | None = None):
-    """Run `trials` trials of the (driver, protocol) study in this process; return the study."""
+         splits: dict[str, Splits], command: str, sampler_seed: int | None = None, pruning: bool = True):
+    """Run `trials` trials of the (driver, protocol) study in this process; return the study. Without pruning
+    every trial runs to the end: the median pruner keeps a trial only if it beats the completed ones, which near a
+    flat optimum stops most of a long study's later trials, and a study may need a count of complete ones."""
     name = study_name(driver, config.protocol, config.data.dataset)
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(n_startup_trials=5, seed=sampler_seed),
         # no pruning in the first half of the tasks: a large λ learns the early tasks a little worse and pays
         # off only once there is something to forget, so early comparisons would favour small λ
-        pruner=MedianOfCurrentValuesPruner(n_startup_trials=3, n_warmup_steps=config.data.tasks // 2),
+        pruner=MedianOfCurrentValuesPruner(n_startup_trials=3, n_warmup_steps=config.data.tasks // 2) if pruning
+        else optuna.pruners.NopPruner(),
     )
     experiment = f"{experiment_name(config)}-tuning"
     scenarios = [make_task_sequence(config.data, splits, seed) for seed in seeds]
@@ -192,7 +196,8 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
     parent = store.start_run(experiment, f"tune-{driver}", tags={
         "kind": "tune", "driver": driver, "protocol": config.protocol, "study": name,
         "storage": redact(storage_url), "trials_requested": trials, "seeds": ",".join(map(str, seeds)),
-        "command": command, **versions, **environment}, experiment_description=tuning_experiment_description(config))
+        "command": command, "pruning": str(pruning).lower(), **versions, **environment},
+        experiment_description=tuning_experiment_description(config))
     parent.log_json(config.to_dict(), "config.json")
 
     def objective(trial: optuna.Trial) -> float:

@@ -261,3 +261,25 @@ def test_confirm_without_a_study_is_a_usage_error(tmp_path, untouched_store, cap
                  str(tmp_path / "optuna.journal"), "--tracking-uri", untouched_store, "--data-dir", DATA_DIR]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no study lambda-sig-smoke to confirm" in err, err
+
+
+@pytest.mark.parametrize("pruning", [True, False])
+def test_no_pruning_runs_every_trial_to_the_end(tmp_path, store_uri, pruning):
+    """Three recorded trials perfect at every task: the median pruner stops any real trial at the first task it
+    may judge; --no-pruning lets it complete."""
+    from optuna.distributions import FloatDistribution
+
+    from benchmark.tuning import LAMBDA_RANGE
+
+    storage = str(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="lambda-mas-smoke", storage=open_storage(storage), direction="maximize")
+    for lam in (1.0, 2.0, 3.0):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lambda": lam}, distributions={"lambda": FloatDistribution(*LAMBDA_RANGE, log=True)}, value=1.0,
+            intermediate_values={0: 1.0, 1: 1.0, 2: 1.0}))
+    assert main(["tune", "--driver", "mas", "--protocol", "smoke", "--trials", "2", "--storage", storage,
+                 "--tracking-uri", store_uri, "--data-dir", DATA_DIR, *([] if pruning else ["--no-pruning"])]) == 0
+    study = optuna.load_study(study_name="lambda-mas-smoke", storage=open_storage(storage))
+    assert [t.state.name for t in study.trials[3:]] == ["PRUNED" if pruning else "COMPLETE"] * 2
+    (parent,) = Store(store_uri).find_runs("pmnist-smoke-tuning", kind="tune")
+    assert parent.tags["pruning"] == str(pruning).lower()

@@ -59,6 +59,7 @@ class TuneJob:
     command: str
     sampler_seed: int | None
     token: str
+    pruning: bool = True
 
 
 def absolute(uri_or_path: str) -> str:
