@@ -3,29 +3,36 @@ store, no training):
 
     python results/scenarios.py results/paper-tuned results/conv-quick > results/scenarios.csv
 
-A row per (scenario, driver): test ACC, mean and 95% t-interval over the folder's seeds, and its difference from
-`none` paired by seed (the same seeds share data, permutations and initial weights, so the pairing removes what the
-seed alone decides). Then a row per (scenario, layer) for the first, middle and output layer: the Pearson correlation
-of MAS's accumulated weight importances with FIS's, SI's and SIG's after the last task, in the runs driven by `mas`
-(the driver whose runs the paper's claims are about), mean and interval over seeds — does the paper's pattern
-(MAS–FIS and MAS–SI high, MAS–SIG low except on the first layer) hold beyond its MLP?
+A row per (scenario, driver) (`kind` acc): test ACC, mean and 95% t-interval over the folder's seeds, and its
+difference from `none` paired by seed (the same seeds share data, permutations and initial weights, so the pairing
+removes what the seed alone decides).
 
-The `kind` column says which: `acc` rows fill driver and the ACC columns, `correlation` rows fill layer and the
-three correlation columns; every value is a fraction (ACC 0.9386, not 93.86).
+A row per pair of the paper's estimators (`kind` pair, `pair` a-b): the ACC difference a − b paired by seed. Every
+pair, with no correction for their number: six comparisons at 95% each, so where no estimator differs from another,
+about one scenario in four still shows an interval that excludes 0.
+
+A row per first, middle and output weight layer (`kind` correlation; batch-norm scales left out): the Pearson
+correlation of MAS's accumulated weight importances with FIS's, SI's and SIG's after the last task, in the runs
+driven by `mas` (the driver whose runs the paper's claims are about), mean and interval over seeds — does the
+paper's pattern (MAS–FIS and MAS–SI high, MAS–SIG low except on the first layer) hold beyond its MLP?
+
+Every value is a fraction (ACC 0.9386, not 93.86).
 """
 
+import itertools
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from benchmark.drivers import in_paper_order
+from benchmark.drivers import PAPER_ESTIMATORS, in_paper_order
 from benchmark.report.cells import read_cells
 from benchmark.report.stats import Estimate, layer_order, mean_ci, paired_difference
 
 PAIRS = {"mas_fis": ("fis", "mas"), "mas_si": ("mas", "si"), "mas_sig": ("mas", "sig")}  # as the summary stores them
 COLUMNS = ["kind", "scenario", "driver", "seeds", "lambda", "ACC", "ACC_low", "ACC_high", "vs_none", "vs_none_low",
-           "vs_none_high", "layer", "position"] + [f"{p}{s}" for p in PAIRS for s in ("", "_low", "_high")]
+           "vs_none_high", "pair", "difference", "difference_low", "difference_high", "layer", "position",
+           *(f"{p}{s}" for p in PAIRS for s in ("", "_low", "_high"))]
 
 
 def columns(name: str, e: Estimate) -> dict:
@@ -45,6 +52,12 @@ def accuracy_rows(folder: Path) -> list[dict]:
         if driver != "none" and none:
             row.update(columns("vs_none", paired_difference(by_seed, none)))
         rows.append(row)
+    estimators = [d for d in in_paper_order(set(cells.driver)) if d in PAPER_ESTIMATORS]
+    for a, b in itertools.combinations(estimators, 2):
+        by_seed = [cells[cells.driver == d].set_index("seed").ACC.astype(float).to_dict() for d in (a, b)]
+        e = paired_difference(*by_seed)
+        rows.append({"kind": "pair", "scenario": folder.name, "pair": f"{a}-{b}", "seeds": e.n,
+                     **columns("difference", e)})
     return rows
 
 
@@ -55,7 +68,9 @@ def correlation_rows(folder: Path) -> list[dict]:
     if mas.empty:
         return []
     last = mas[mas.task == mas.task.max()]
-    layers = layer_order(mas.layer)
+    # batch-norm scales (bn1, bn2, …) are no layer of weights between two others: first, middle and output are
+    # picked among the weight layers
+    layers = [layer for layer in layer_order(mas.layer) if not layer.startswith("bn")]
     chosen = {"first": layers[0], "middle": layers[len(layers) // 2], "output": layers[-1]}
     rows = []
     for position, layer in chosen.items():

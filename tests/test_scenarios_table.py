@@ -28,6 +28,13 @@ def test_the_table_equals_a_hand_computation_from_cells_and_summary():
     assert float(fis["vs_none"]) == pytest.approx(differences.mean(), rel=1e-5)
     assert float(fis["vs_none_low"]) == pytest.approx(differences.mean() - half, rel=1e-5)
     assert float(fis["ACC"]) == pytest.approx(np.mean([acc["fis", s] for s in range(5)]), rel=1e-5)
+    (fis_mas,) = [r for r in rows if r["kind"] == "pair" and r["pair"] == "fis-mas"]
+    pair = np.array([acc["fis", s] - acc["mas", s] for s in range(5)])
+    assert float(fis_mas["difference"]) == pytest.approx(pair.mean(), rel=1e-5)
+    assert float(fis_mas["difference_high"]) == pytest.approx(
+        pair.mean() + stats.t.ppf(0.975, 4) * pair.std(ddof=1) / np.sqrt(5), rel=1e-5)
+    assert sorted(r["pair"] for r in rows if r["kind"] == "pair") == sorted(
+        ["fis-mas", "fis-si", "fis-sig", "mas-si", "mas-sig", "si-sig"])
     none = next(r for r in rows if r["kind"] == "acc" and r["driver"] == "none")
     assert none["vs_none"] == ""
 
