@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import optuna
@@ -337,8 +337,7 @@ def confirm(store: Store, study: optuna.Study, complete: list, config: Config, d
                                f"{value:.4f} on seed {seed}")
         result = Confirmation(seed, [float(t.params["lambda"]) for t in complete],
                               [float(t.value) for t in complete], values)
-        study.set_user_attr("confirmation", {"seed": result.seed, "lambdas": result.lambdas,
-                                             "study_values": result.study_values, "values": result.values})
+        study.set_user_attr("confirmation", asdict(result))
         parent.set_tags({"confirmed": str(result.confirmed).lower()})
         status = "FINISHED"
     except KeyboardInterrupt:
