@@ -27,7 +27,7 @@ def mnist():
 
 @pytest.fixture(scope="session")
 def initialised_store(tmp_path_factory) -> Path:
-    """A real MLflow sqlite store, created once (≈ 6 s); tests copy the file (≈ 0.05 s)."""
+    """A real MLflow sqlite store, created once; tests copy the file."""
     from tracking import Store
 
     path = tmp_path_factory.mktemp("template") / "mlflow.db"

@@ -6,8 +6,11 @@ import io
 import json
 import logging
 import os
+import shutil
+import sqlite3
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +38,57 @@ def resolve_tracking_uri(flag: str | None = None) -> str:
 
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "benchmark"
+
+
+def _empty_store_template() -> Path:
+    """An empty sqlite store of the installed MLflow, made once per MLflow version and kept in the user's cache.
+
+    MLflow creates a new sqlite store by running every schema migration since its first release, seconds of a run's
+    start-up and of each test that makes a store; copying the result is milliseconds. The template holds the tables
+    and the schema version only: its Default experiment is deleted, so MLflow creates that row itself when the copy
+    is first opened (with the artifact location and times it would have given a store it made).
+    """
+    from mlflow import __version__ as mlflow_version
+    from mlflow.tracking import MlflowClient
+
+    template = _cache_dir() / f"mlflow-{mlflow_version}-empty-store.db"
+    if template.is_file():
+        return template
+    template.parent.mkdir(parents=True, exist_ok=True)
+    building = template.parent / f"building-{os.getpid()}-{uuid.uuid4().hex}.db"
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
+        with contextlib.closing(sqlite3.connect(building)) as db:
+            with db:
+                db.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+                db.execute("DELETE FROM experiments WHERE experiment_id = 0")
+        os.replace(building, template)  # whole or not at all: another process may be making the same template
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(building)
+    return template
+
+
+def _create_from_template(db: Path) -> None:
+    """Create the store at db as a copy of the empty-store template; if anything stands in the way (no writable
+    cache, no hard links on db's file system) leave db absent, and MLflow creates the store itself."""
+    try:
+        template = _empty_store_template()
+    except Exception:  # the template is an optimisation: MLflow's own error, if any, comes when it makes the store
+        return
+    copy = db.parent / f".{db.name}-{os.getpid()}-{uuid.uuid4().hex}"  # made with the umask's mode, as MLflow's
+    try:
+        shutil.copyfile(template, copy)
+        os.link(copy, db)  # fails if db exists: a store another process created meanwhile is never overwritten
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(copy)
 
 
 # Signals are held while a store writes: a KeyboardInterrupt raised inside an SQLite transaction leaves the
@@ -145,6 +199,8 @@ class Store:
                 db.parent.mkdir(parents=True, exist_ok=True)
                 if not os.access(db.parent, os.W_OK):
                     raise PermissionError(f"{db.parent} is not writable")
+                if not db.exists():
+                    _create_from_template(db)
             self.client = _ShieldedClient(MlflowClient(tracking_uri=uri))
             with _patient_only_later():
                 self.client.search_experiments(max_results=1)  # opens (and on first use creates) the store
