@@ -62,6 +62,18 @@ def float_at_least(minimum: float):
     return parse
 
 
+def lambda_range(text: str) -> tuple[float, float]:
+    """LOW,HIGH: 0 < LOW < HIGH < ∞, for a log-uniform λ."""
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW,HIGH (two numbers, e.g. 1e-3,1e9)") from None
+    if not 0 < low < high < float("inf"):
+        raise argparse.ArgumentTypeError(f"needs 0 < LOW < HIGH < inf for a log-uniform λ, not {text}")
+    return low, high
+
+
 def penalised_choices() -> str:
     """For messages: every driver but none."""
     return f"{', '.join(estimator_drivers()[1:])}, or a control: uniform, shuffled-<estimator>, layermean-<estimator>"
@@ -170,6 +182,9 @@ def make_parser() -> Parser:
     tune.add_argument("--no-pruning", action="store_true",
                       help="run every trial to the last task (the median pruner stops most trials near a flat "
                            "optimum; use this to reach a count of complete trials)")
+    tune.add_argument("--lambda-range", type=lambda_range, default=None, metavar="LOW,HIGH",
+                      help="draw λ log-uniformly from [LOW, HIGH] (default 1e-3,1e5); a study keeps the range its "
+                           "first trials used")
     tune.add_argument("--confirm", type=int_at_least(2), metavar="K",
                       help="run no trials: rerun each study's K best λ on the next tuning seed (10000 + "
                            "--tuning-seeds) and record whether its best λ stays the best")
@@ -429,7 +444,8 @@ def command_tune(args) -> int:
         for r in rows:
             best = "no completed trial" if r["best_lambda"] is None else \
                 f"best λ {r['best_lambda']:.4g} (validation ACC {r['best_value']:.4f})"
-            print(f"{r['study']}: {best}; trials complete {r['complete']}, pruned {r['pruned']}, "
+            drawn = "" if r["lambda_range"] is None else f" over [{r['lambda_range'][0]:g}, {r['lambda_range'][1]:g}]"
+            print(f"{r['study']}: {best}{drawn}; trials complete {r['complete']}, pruned {r['pruned']}, "
                   f"failed {r['failed']}, running {r['running']}"
                   + (f"; {r['confirmation'].line()}" if r["confirmation"] else ""))
         return 0
@@ -457,6 +473,9 @@ def command_tune(args) -> int:
                                     command_line(args.argv))
             print(f"{study.study_name}: {result.line()}")
         return 0
+    wanted_range = args.lambda_range or tuning.LAMBDA_RANGE
+    for driver in to_tune:
+        tuning.check_range(storage, driver, config, wanted_range)
     if args.executor == "ray":
         from benchmark.cluster.head import RayTuner
 
@@ -466,7 +485,7 @@ def command_tune(args) -> int:
         tuner = tuning.tune_here(load_data(config, args))
     store = open_store(args)
     failures = tuner(tuning.Studies(store, storage, storage_url, config, to_tune, args.trials, seeds,
-                                    command_line(args.argv), args.sampler_seed, not args.no_pruning))
+                                    command_line(args.argv), args.sampler_seed, not args.no_pruning, wanted_range))
     for driver in to_tune:
         print_study(tuning.load_study(storage, driver, config), storage_url)
     for failure in failures:

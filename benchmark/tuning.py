@@ -1,9 +1,12 @@
 """λ per driver by Optuna: one study per (driver, protocol), objective on the validation split only.
 
-Search space: λ log-uniform over [1e-3, 1e5]. The paper author's optima span 0.1 (sig) to 41 (fis) with
-importances summed per sample and no ½; conventions elsewhere (a ½ in the penalty, means instead of sums, a
+Search space: λ log-uniform over [1e-3, 1e5] by default. The paper author's optima span 0.1 (sig) to 41 (fis)
+with importances summed per sample and no ½; conventions elsewhere (a ½ in the penalty, means instead of sums, a
 squared minibatch gradient instead of a per-sample Fisher) move the optimum by orders of magnitude, so the
-range covers two decades below the smallest and more than three above the largest published optimum.
+range covers two decades below the smallest and more than three above the largest published optimum. Other
+scenarios can need more (`tune --lambda-range`): an importance that vanishes where the model is sure of itself, as
+the empirical Fisher on split MNIST's two-class tasks, needs λ far above 1e5. A study keeps one range: its trials
+are all drawn from it.
 
 Objective: mean validation accuracy over all tasks after the last task, averaged over the tuning seeds
 (10000, 10001, … by default: never the seeds `run` reports). The test split is never read. After each task the
@@ -104,13 +107,37 @@ def load_study(storage, driver: str, config: Config) -> optuna.Study:
     return optuna.load_study(study_name=study_name(driver, config.protocol, config.data.dataset), storage=storage)
 
 
+def study_range(study: optuna.Study) -> tuple[float, float] | None:
+    """The λ range the study's trials were drawn from (None for a study without trials); a usage error if they
+    were drawn from more than one (a study made before the range was checked)."""
+    ranges = {(d.low, d.high) for t in study.get_trials(deepcopy=False) if (d := t.distributions.get("lambda"))}
+    if len(ranges) > 1:
+        raise UsageError(f"study {study.study_name} drew λ from {len(ranges)} ranges: {sorted(ranges)}")
+    return ranges.pop() if ranges else None
+
+
+def check_range(storage, driver: str, config: Config, lambda_range: tuple[float, float]) -> None:
+    """A usage error if the (driver, protocol) study exists with its trials drawn from another range: TPE's
+    proposals and the study's best would mix two search spaces."""
+    try:
+        study = load_study(storage, driver, config)
+    except KeyError:
+        return
+    drawn = study_range(study)
+    if drawn is not None and drawn != tuple(lambda_range):
+        raise UsageError(f"tune: study {study.study_name} drew λ from [{drawn[0]:g}, {drawn[1]:g}], not "
+                         f"[{lambda_range[0]:g}, {lambda_range[1]:g}]: pass --lambda-range {drawn[0]:g},{drawn[1]:g}, "
+                         "or tune the new range in another storage")
+
+
 def study_summaries(storage) -> list[dict]:
     rows = []
     for summary in optuna.get_all_study_summaries(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         best = summary.best_trial
         rows.append({"study": summary.study_name, "best_lambda": best.params["lambda"] if best else None,
-                     "best_value": best.value if best else None, **trial_counts(study),
+                     "best_value": best.value if best else None, "lambda_range": study_range(study),
+                     **trial_counts(study),
                      "confirmation": confirmation(study)})
     return rows
 
@@ -158,6 +185,7 @@ class Studies:
     command: str
     sampler_seed: int | None
     pruning: bool = True  # False: every trial runs to the last task (each one a complete trial, at full cost)
+    lambda_range: tuple[float, float] = LAMBDA_RANGE
 
 
 # A tuner runs the studies and returns why any part of them failed (empty: none did). tune_here(splits) is the
@@ -170,13 +198,14 @@ def tune_here(splits: dict[str, Splits]) -> Tuner:
     def run(studies: Studies) -> list[str]:
         for driver in studies.drivers:
             tune(studies.store, studies.storage, studies.storage_url, studies.config, driver, studies.trials,
-                 studies.seeds, splits, studies.command, studies.sampler_seed, studies.pruning)
+                 studies.seeds, splits, studies.command, studies.sampler_seed, studies.pruning, studies.lambda_range)
         return []
     return run
 
 
 def tune(store: Store, storage, storage_url: str, config: Config, driver: str, trials: int, seeds: list[int],
-         splits: dict[str, Splits], command: str, sampler_seed: int | None = None, pruning: bool = True):
+         splits: dict[str, Splits], command: str, sampler_seed: int | None = None, pruning: bool = True,
+         lambda_range: tuple[float, float] = LAMBDA_RANGE):
     """Run `trials` trials of the (driver, protocol) study in this process; return the study. Without pruning
     every trial runs to the end: the median pruner keeps a trial only if it beats the completed ones, which near a
     flat optimum stops most of a long study's later trials, and a study may need a count of complete ones."""
@@ -196,12 +225,13 @@ def tune(store: Store, storage, storage_url: str, config: Config, driver: str, t
     parent = store.start_run(experiment, f"tune-{driver}", tags={
         "kind": "tune", "driver": driver, "protocol": config.protocol, "study": name,
         "storage": redact(storage_url), "trials_requested": trials, "seeds": ",".join(map(str, seeds)),
-        "command": command, "pruning": str(pruning).lower(), **versions, **environment},
+        "command": command, "pruning": str(pruning).lower(), "lambda_range": f"{lambda_range[0]:g},{lambda_range[1]:g}",
+        **versions, **environment},
         experiment_description=tuning_experiment_description(config))
     parent.log_json(config.to_dict(), "config.json")
 
     def objective(trial: optuna.Trial) -> float:
-        lam = trial.suggest_float("lambda", *LAMBDA_RANGE, log=True)
+        lam = trial.suggest_float("lambda", *lambda_range, log=True)
         run = store.start_run(experiment, f"{driver}-trial{trial.number}", parent=parent, tags={
             "kind": "trial", "driver": driver, "protocol": config.protocol, "study": name,
             "trial": trial.number, "lambda": lam, **versions, **environment})

@@ -142,6 +142,9 @@ def test_show_lists_best_lambda(tmp_path, store_uri, capsys):
     (["--driver", "ewc"], "unknown driver 'ewc' to tune"),
     (["--driver", "none"], "unknown driver 'none' to tune"),
     ([], "tune needs --driver"),
+    (["--driver", "mas", "--lambda-range", "5,1"], "argument --lambda-range: needs 0 < LOW < HIGH < inf"),
+    (["--driver", "mas", "--lambda-range", "0,1"], "argument --lambda-range: needs 0 < LOW < HIGH < inf"),
+    (["--driver", "mas", "--lambda-range", "1e9"], "argument --lambda-range: '1e9' is not LOW,HIGH"),
     (["--driver", "mas", "--storage", "postgresql://user:secret@127.0.0.1:1/nothing"],
      "cannot open Optuna storage postgresql://user:***@127.0.0.1:1/nothing"),
 ])
@@ -283,3 +286,22 @@ def test_no_pruning_runs_every_trial_to_the_end(tmp_path, store_uri, pruning):
     assert [t.state.name for t in study.trials[3:]] == ["PRUNED" if pruning else "COMPLETE"] * 2
     (parent,) = Store(store_uri).find_runs("pmnist-smoke-tuning", kind="tune")
     assert parent.tags["pruning"] == str(pruning).lower()
+
+
+def test_lambda_range_bounds_every_trial_and_a_study_keeps_its_range(tmp_path, store_uri, capsys):
+    storage = str(tmp_path / "optuna.journal")
+    args = ["tune", "--driver", "mas", "--protocol", "smoke", "--storage", storage, "--tracking-uri", store_uri,
+            "--data-dir", DATA_DIR, "--no-pruning"]
+    assert main([*args, "--trials", "3", "--lambda-range", "1e6,1e7"]) == 0
+    study = optuna.load_study(study_name="lambda-mas-smoke", storage=open_storage(storage))
+    assert len(study.trials) == 3 and all(1e6 <= t.params["lambda"] <= 1e7 for t in study.trials)
+    (parent,) = Store(store_uri).find_runs("pmnist-smoke-tuning", kind="tune")
+    assert parent.tags["lambda_range"] == "1e+06,1e+07"
+    capsys.readouterr()
+    assert main(["tune", "--show", "--storage", storage]) == 0
+    assert "over [1e+06, 1e+07]" in capsys.readouterr().out
+
+    assert main([*args, "--trials", "1"]) == 2  # the default range is another search space: refused, nothing run
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "study lambda-mas-smoke drew λ from [1e+06, 1e+07]" in err, err
+    assert len(optuna.load_study(study_name="lambda-mas-smoke", storage=open_storage(storage)).trials) == 3

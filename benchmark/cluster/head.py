@@ -185,7 +185,7 @@ class RayTuner:
                 # the same sampler seed in every worker would propose the same λ in each
                 job = TuneJob(protocol, absolute(studies.storage_url), driver, share, tuple(studies.seeds),
                               studies.command, None if studies.sampler_seed is None else studies.sampler_seed + k,
-                              uuid.uuid4().hex, studies.pruning)
+                              uuid.uuid4().hex, studies.pruning, studies.lambda_range)
                 tasks[tune.remote(job)] = (job.token, driver, share)
         progress = Progress("task", total=len(tasks))
         progress.say(f"{cluster_line(ray)}; {len(tasks)} tasks for the studies of {', '.join(studies.drivers)}, "

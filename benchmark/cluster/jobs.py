@@ -59,7 +59,8 @@ class TuneJob:
     command: str
     sampler_seed: int | None
     token: str
-    pruning: bool = True
+    pruning: bool
+    lambda_range: tuple[float, float]  # λ log-uniform over [low, high]
 
 
 def absolute(uri_or_path: str) -> str:

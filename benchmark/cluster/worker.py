@@ -87,5 +87,5 @@ def tune_share(job: TuneJob) -> dict:
     config, splits = worker_setup(job.protocol)
     storage = tuning.open_storage(job.storage_url)
     study = tuning.tune(store, storage, job.storage_url, config, job.driver, job.trials, list(job.seeds), splits,
-                        job.command, job.sampler_seed, job.pruning)
+                        job.command, job.sampler_seed, job.pruning, job.lambda_range)
     return {"study": study.study_name, "worker": worker_name()}
