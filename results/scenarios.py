@@ -89,7 +89,7 @@ def main(folders: list[str]) -> None:
     rows = []
     for folder in map(Path, folders):
         rows += accuracy_rows(folder) + correlation_rows(folder)
-    pd.DataFrame(rows, columns=COLUMNS).to_csv(sys.stdout, index=False, float_format="%.6g")
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(sys.stdout, index=False, float_format="%.10g")
 
 
 if __name__ == "__main__":
