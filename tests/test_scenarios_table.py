@@ -49,3 +49,34 @@ def test_the_table_equals_a_hand_computation_from_cells_and_summary():
             (truth,) = [r for r in summary if (r["layer"], r["estimator_a"], r["estimator_b"]) == (row["layer"], a, b)]
             assert float(row[column]) == pytest.approx(float(truth["mean"]), rel=1e-5)
             assert float(row[f"{column}_high"]) == pytest.approx(float(truth["ci_high"]), rel=1e-5)
+
+
+def test_readmes_scenario_table_equals_the_published_csv():
+    """README's "Results across scenarios" table: every ACC and paired difference, with its interval, is
+    results/scenarios.csv's value in %, rounded half up to two decimals."""
+    import re
+    from decimal import ROUND_HALF_UP, Decimal
+
+    def shown(value: str) -> str:
+        return str((Decimal(value) * 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+    with open(ROOT / "results/scenarios.csv") as f:
+        acc = {(r["scenario"], r["driver"]): r for r in csv.DictReader(f) if r["kind"] == "acc"}
+    lines = (ROOT / "README.md").read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| driver | `paper-tuned`"))
+    scenarios = re.findall(r"`([\w-]+)`", lines[header])
+    number = r"([+−]?\d+\.\d\d)"
+    checked = 0
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        driver, *cells = [c.strip() for c in line.strip("|").split("|")]
+        for scenario, cell in zip(scenarios, cells, strict=True):
+            values = [v.replace("−", "-").lstrip("+") for v in re.findall(number, cell)]
+            row = acc[scenario, driver]
+            keys = ["ACC", "ACC_low", "ACC_high"]
+            if driver != "none":
+                keys += ["vs_none", "vs_none_low", "vs_none_high"]
+            assert values == [shown(row[k]) for k in keys], (scenario, driver)
+            checked += 1
+    assert checked == 5 * len(scenarios) and len(scenarios) == 6
