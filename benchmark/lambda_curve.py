@@ -9,6 +9,9 @@ Two phases, both resumable (a cell finished with the same configuration is never
             validation split, which neither training nor the importances see).
     test    once a driver's curve has every seed at every point: its best λ (the highest mean validation ACC over
             the curve seeds) on `test_seeds` fresh seeds from 0 — the seeds `run` reports — judged on *test* ACC.
+            Also, where it differs, the λ that the paper author's rule picks: the highest mean *test* ACC over
+            the curve seeds (his scripts choose λ on the test set). Its curve-seed mean minus the fresh seeds'
+            test ACC at the same λ measures what choosing on the test set adds to the reported figure.
 
 Each curve point and each test cell is an ordinary sweep (`run_sweep`) with an explicit λ, so any one of them can
 be rerun alone with `python -m benchmark run --lambda DRIVER=VALUE --first-seed SEED --seeds 1`. The cells are
@@ -28,7 +31,7 @@ import pandas as pd
 from benchmark.config import CURVE_FIRST_SEED, Config
 from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS, experiment_name
 from benchmark.lambdas import Lambda
-from benchmark.report.stats import mean_ci
+from benchmark.report.stats import independent_difference, mean_ci
 
 SUMMARY_FILE, BEST_FILE, FIGURE_FILE = "curve_summary.csv", "best.csv", "lambda_response.png"
 # cells.csv's columns (the layout verify reads, benchmark/report/cells.py), and the phase each cell belongs to
@@ -62,7 +65,8 @@ def finished_cells(store, experiment: str, config: Config) -> pd.DataFrame:
 
 
 def summarise(cells: pd.DataFrame, grids: dict[str, list[float]], seeds: list[int]) -> pd.DataFrame:
-    """Per driver and grid point: validation ACC over the curve seeds, mean and 95% t-interval."""
+    """Per driver and grid point: validation ACC over the curve seeds, mean and 95% t-interval, and the same
+    cells' mean test ACC (what a λ chosen on the test set is chosen by)."""
     rows = []
     for driver, values in grids.items():
         for k, lam in enumerate(values):
@@ -70,28 +74,44 @@ def summarise(cells: pd.DataFrame, grids: dict[str, list[float]], seeds: list[in
                        & cells.seed.isin(seeds)]
             est = mean_ci(at.val_ACC)
             rows.append({"driver": driver, "point": k, "lambda": lam, "n": est.n, "val_ACC": est.mean,
-                         "low": est.low, "high": est.high})
+                         "low": est.low, "high": est.high, "test_ACC": mean_ci(at.ACC).mean})
     return pd.DataFrame(rows)
 
 
 def best_lambdas(summary: pd.DataFrame, cells: pd.DataFrame, seeds: list[int]) -> pd.DataFrame:
     """Per driver: the grid point of highest mean validation ACC, whether every point has every curve seed
     (only then is it the best λ rather than the best so far), whether it lies at the grid's edge (the optimum
-    may be outside), and the test ACC of the fresh seeds at that λ."""
+    may be outside), and the test ACC of the fresh seeds at that λ. Beside it the author's rule: the grid point of
+    highest mean test ACC over the curve seeds (`test_rule_lambda`), that mean (`test_rule_ACC`, the figure the
+    rule reports), the fresh seeds' test ACC at the same λ, and the difference of the two (curve seeds minus fresh
+    seeds, disjoint seeds: Welch's interval) — the inflation that choosing λ on the test set brings."""
     rows = []
     for driver, curve in summary.groupby("driver", sort=False):
         measured = curve[curve.n > 0]
         if measured.empty:
             continue
         top = measured.loc[measured.val_ACC.idxmax()]
-        test = cells[(cells.phase == "test") & (cells.driver == driver) & np.isclose(cells["lambda"], top["lambda"])]
-        est = mean_ci(test.ACC)
+        tested = measured.dropna(subset=["test_ACC"])
+        by_test = tested.loc[tested.test_ACC.idxmax()] if len(tested) else top
+        est = mean_ci(fresh_cells(cells, driver, top["lambda"]).ACC)
+        chosen_on_test = cells[(cells.phase == "curve") & (cells.driver == driver) & cells.seed.isin(seeds)
+                               & np.isclose(cells["lambda"], by_test["lambda"])]
+        fresh_at_rule = fresh_cells(cells, driver, by_test["lambda"]).ACC
+        inflation = independent_difference(chosen_on_test.ACC, fresh_at_rule)
         rows.append({"driver": driver, "best_lambda": top["lambda"], "val_ACC": top.val_ACC, "val_low": top.low,
                      "val_high": top.high, "curve_seeds": int(top.n),
                      "complete": bool((curve.n == len(seeds)).all()),
                      "at_edge": int(top.point) in (0, len(curve) - 1),
-                     "test_n": est.n, "test_ACC": est.mean, "test_low": est.low, "test_high": est.high})
+                     "test_n": est.n, "test_ACC": est.mean, "test_low": est.low, "test_high": est.high,
+                     "test_rule_lambda": by_test["lambda"], "test_rule_ACC": by_test.test_ACC,
+                     "fresh_n": len(fresh_at_rule), "fresh_ACC": mean_ci(fresh_at_rule).mean,
+                     "inflation": inflation.mean, "inflation_low": inflation.low, "inflation_high": inflation.high})
     return pd.DataFrame(rows)
+
+
+def fresh_cells(cells: pd.DataFrame, driver: str, lam: float) -> pd.DataFrame:
+    """The test phase's cells of one driver at one λ (fresh seeds, judged on the test split)."""
+    return cells[(cells.phase == "test") & (cells.driver == driver) & np.isclose(cells["lambda"], lam)]
 
 
 def plot(summary: pd.DataFrame, path: Path) -> None:
@@ -145,8 +165,10 @@ def run_lambda_curve(store, config: Config, drivers: list[str], centers: dict[st
     best = publish()
     ready = best[best.complete]
     for _, row in ready.iterrows():
-        run_sweep(store, config, [row.driver], test_seeds, {row.driver: Lambda(row.best_lambda, "user")}, splits,
-                  "final", command, parallel, experiment=experiment)
+        for lam in dict.fromkeys([row.best_lambda, row.test_rule_lambda]):
+            run_sweep(store, config, [row.driver], test_seeds, {row.driver: Lambda(lam, "user")}, splits, "final",
+                      command, parallel, experiment=experiment)
+            publish()
     return publish()
 
 
@@ -159,12 +181,14 @@ def write_results(out: Path, cells: pd.DataFrame, summary: pd.DataFrame, best: p
     if (summary.n > 0).any():
         plot(summary, out / FIGURE_FILE)
     done = int((summary.n == len(seeds)).sum())
+    complete = best[best.complete] if len(best) else best
+    test_cells_due = sum(len({r.best_lambda, r.test_rule_lambda}) for r in complete.itertuples()) * len(test_seeds)
     lines = [
         "# λ-response curves",
         "",
         f"State: {int(summary.n.sum())} of {len(summary) * len(seeds)} curve cells finished ({done} of "
         f"{len(summary)} grid points with all {len(seeds)} curve seeds); {int((cells.phase == 'test').sum())} of "
-        f"{len(best[best.complete]) * len(test_seeds) if len(best) else 0} test cells at a complete curve's best λ.",
+        f"{test_cells_due} test cells at a complete curve's best λ (and at the λ the test-set rule picks).",
         "",
         f"Regenerate (resumes where it stopped): `{command}`",
         "",
@@ -184,6 +208,23 @@ def write_results(out: Path, cells: pd.DataFrame, summary: pd.DataFrame, best: p
             if r.test_n >= 2 else "not yet run"
         lines.append(f"| {r.driver} | {r.best_lambda:g} | {r.curve_seeds} | {val} | {'yes' if r.complete else 'no'} "
                      f"| {'yes' if r.at_edge else 'no'} | {test} |")
+    lines += [
+        "",
+        "**λ chosen on the test set** (the paper author's rule: the grid point of highest mean test ACC over the curve "
+        "seeds). What the rule reports, against fresh seeds' test ACC at the same λ; their difference (Welch's 95% "
+        "interval: the two sets of seeds are disjoint) is what choosing on the test set adds:",
+        "",
+        "| driver | λ by test ACC | same as best λ | its curve seeds' test ACC % | fresh seeds' test ACC % (n) "
+        "| curve minus fresh, points [95% Welch] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, r in best.iterrows():
+        fresh = f"{100 * r.fresh_ACC:.2f} ({r.fresh_n})" if r.fresh_n >= 2 else "not yet run"
+        gain = (f"{100 * r.inflation:+.2f} [{100 * r.inflation_low:+.2f}, {100 * r.inflation_high:+.2f}]"
+                if r.fresh_n >= 2 and r.curve_seeds >= 2 else "–")
+        same = "yes" if r.test_rule_lambda == r.best_lambda else "no"
+        lines.append(f"| {r.driver} | {r.test_rule_lambda:g} | {same} | {100 * r.test_rule_ACC:.2f} | {fresh} "
+                     f"| {gain} |")
     lines += ["", f"Files: `{CELLS_FILE}` (one row a finished cell, its fingerprint; `verify` reruns them), "
               f"`{SUMMARY_FILE}` (per driver and λ), "
               f"`{BEST_FILE}`, `{FIGURE_FILE}`.", ""]

@@ -10,6 +10,7 @@ from benchmark.report.stats import (
     SENSITIVITY,
     check_claims,
     claims_sensitivity,
+    independent_difference,
     paired_difference,
     protocol_differences,
     sensitivity_headline,
@@ -148,6 +149,18 @@ def test_paired_difference_by_hand():
     e = paired_difference(a, b)
     assert (e.mean, e.low, e.high, e.n) == (pytest.approx(0.016667, abs=1e-6), pytest.approx(-0.012018, abs=1e-6),
                                             pytest.approx(0.045351, abs=1e-6), 3)
+
+
+def test_independent_difference_by_hand():
+    """Welch: a = 0.95, 0.93, 0.97 (mean 0.95, variance 0.0004), b = 0.94, 0.92, 0.93, 0.95, 0.91 (mean 0.93, variance
+    0.00025; a NaN dropped). Squared standard errors 0.0004/3 and 0.00025/5, standard error √(1.8333e-4) = 0.013540;
+    Welch–Satterthwaite (1.8333e-4)² / ((1.3333e-4)²/2 + (5e-5)²/4) = 3.5328 degrees of freedom, t(0.975) = 2.927405;
+    half-width 0.039637: 0.02 [−0.019637, 0.059637]; n the smaller count, 3."""
+    e = independent_difference([0.95, 0.93, 0.97], [0.94, 0.92, 0.93, 0.95, 0.91, float("nan")])
+    assert (e.mean, e.low, e.high, e.n) == (pytest.approx(0.02, abs=1e-9), pytest.approx(-0.019637, abs=1e-6),
+                                            pytest.approx(0.059637, abs=1e-6), 3)
+    one = independent_difference([0.95], [0.94, 0.92])
+    assert one.mean == pytest.approx(0.02) and np.isnan(one.low) and one.n == 1
 
 
 def test_protocols_are_compared_paired_by_seed():

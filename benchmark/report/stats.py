@@ -65,6 +65,25 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> Estimate:
     return mean_ci([a[seed] - b[seed] for seed in sorted(set(a) & set(b))])
 
 
+def independent_difference(a, b) -> Estimate:
+    """mean(a) − mean(b) for runs of one protocol on two disjoint sets of seeds, where no pairing exists: Welch's 95%
+    t-interval (Welch–Satterthwaite degrees of freedom); n is the smaller count. NaN values dropped; no interval
+    unless each side has ≥ 2 values."""
+    x, y = (np.asarray(v, dtype=float) for v in (a, b))
+    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+    if len(x) == 0 or len(y) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    mean = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return Estimate(mean, float("nan"), float("nan"), min(len(x), len(y)))
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    if vx + vy == 0:
+        return Estimate(mean, mean, mean, min(len(x), len(y)))
+    dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    half = float(stats.t.ppf(0.975, dof) * np.sqrt(vx + vy))
+    return Estimate(mean, mean - half, mean + half, min(len(x), len(y)))
+
+
 def run_measures(R: np.ndarray) -> dict[str, float]:
     return dict(zip(MEASURES, (average_accuracy(R), backward_transfer(R), forgetting(R))))
 
