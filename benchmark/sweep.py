@@ -164,7 +164,9 @@ def run_sweep(store: Store, config: Config, drivers: list[str], seeds: list[int]
             lam = lambdas[driver] if driver != "none" else Lambda(0.0, "none")
             cells[(driver, seed)] = cell_config(config, driver, seed, lam, device, log_importances,
                                                 adam_chain=seeds[:position])
-    done = {(d, s): store.find_runs(experiment, kind="cell", config_hash=config_hash(c), status="FINISHED")
+    # a cell recorded before runs carried an environment fingerprint is trained again: a published cell needs one
+    done = {(d, s): [r for r in store.find_runs(experiment, kind="cell", config_hash=config_hash(c),
+                                                status="FINISHED") if r.tags.get("fingerprint")]
             for (d, s), c in cells.items()}
     if carried:  # a chain is reused up to its first unfinished cell; from there on it is trained again
         for driver in drivers:

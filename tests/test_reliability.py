@@ -71,6 +71,24 @@ def test_a_changed_configuration_is_not_resumed(store_uri):
     assert sorted(c.tags["lambda"] for c in cells(store_uri)) == ["1.0", "4.5"]
 
 
+def test_a_cell_without_fingerprint_is_trained_again(store_uri):
+    """A cell finished by code older than the environment fingerprint (its tag removed here, as such a run never
+    had it) is not reused: a resumed sweep would otherwise publish a cell nobody can verify."""
+    import sqlite3
+
+    args = [*SMOKE, "--drivers", "mas", "--tracking-uri", store_uri, "--data-dir", DATA_DIR]
+    assert main(args) == 0
+    (old,) = cells(store_uri)
+    with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as db:
+        assert db.execute("DELETE FROM tags WHERE run_uuid = ? AND key = 'fingerprint'", (old.id,)).rowcount == 1
+    assert main(args) == 0
+    runs = cells(store_uri)
+    assert len(runs) == 2 and all(r.status == "FINISHED" for r in runs)
+    assert [r.tags.get("fingerprint", "") for r in runs if r.id != old.id][0] != ""
+    assert main(args) == 0  # the retrained cell, with its fingerprint, is reused from now on
+    assert len(cells(store_uri)) == 2
+
+
 def test_two_processes_write_to_one_store_at_once(store_uri, tmp_path):
     first = start([*SMOKE, "--drivers", "none,sig"], store_uri)
     second = start([*SMOKE, "--drivers", "mas,fis"], store_uri)
