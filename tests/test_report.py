@@ -335,6 +335,13 @@ def test_compact_report_is_png_only_with_its_links_and_the_same_numbers(report, 
     full = pd.read_csv(report / "correlations_summary.csv")
     pd.testing.assert_frame_equal(pd.read_csv(compact / "correlations_summary.csv.gz"), full, rtol=5e-6)
     assert (compact / "forgetting.csv").read_text() == (report / "forgetting.csv").read_text()
+    from PIL import Image
+
+    for png in compact.glob("*.png"):  # a 256-colour palette (a third of the RGBA file's bytes)
+        with Image.open(png) as image:
+            assert image.mode == "P", png.name
+    with Image.open(report / "acc_curves.png") as image:
+        assert image.mode == "RGBA"  # the full report keeps every colour
 
 
 def test_the_report_shows_only_pairs_every_run_correlates():

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from benchmark.report.stats import MIN_SEEDS, Estimate, layer_order  # noqa: E402
 
@@ -17,23 +18,31 @@ from benchmark.report.stats import MIN_SEEDS, Estimate, layer_order  # noqa: E40
 @dataclass(frozen=True)
 class FigureFolder:
     """Where the figures go, in which formats and at what resolution: the page shows the PNG and links to the
-    last format (the SVG, when there is one)."""
+    last format (the SVG, when there is one). palette: PNGs reduced to 256 colours (a colormap has no more) —
+    about a third of the size."""
 
     path: Path
     formats: tuple[str, ...] = ("png", "svg")
     dpi: int = 110
+    palette: bool = False
 
     @property
     def link(self) -> str:
         return self.formats[-1]
 
 
-COMPACT = {"formats": ("png",), "dpi": 72}  # what results/ publishes: under 5 MB for a sweep of 8 drivers
+# what results/ publishes: under 5 MB for a sweep of 8 drivers, or of 12 (driver, protocol) pairs
+COMPACT = {"formats": ("png",), "dpi": 72, "palette": True}
 
 
 def _save(fig, out: FigureFolder, stem: str) -> str:
     for fmt in out.formats:
-        fig.savefig(out.path / f"{stem}.{fmt}", dpi=out.dpi, bbox_inches="tight")
+        path = out.path / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=out.dpi, bbox_inches="tight")
+        if fmt == "png" and out.palette:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+            rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     plt.close(fig)
     return stem
 
