@@ -70,8 +70,7 @@ def summarise(cells: pd.DataFrame, grids: dict[str, list[float]], seeds: list[in
     rows = []
     for driver, values in grids.items():
         for k, lam in enumerate(values):
-            at = cells[(cells.phase == "curve") & (cells.driver == driver) & np.isclose(cells["lambda"], lam)
-                       & cells.seed.isin(seeds)]
+            at = cells_at(cells, "curve", driver, lam, seeds)
             est = mean_ci(at.val_ACC)
             rows.append({"driver": driver, "point": k, "lambda": lam, "n": est.n, "val_ACC": est.mean,
                          "low": est.low, "high": est.high, "test_ACC": mean_ci(at.ACC).mean})
@@ -93,10 +92,9 @@ def best_lambdas(summary: pd.DataFrame, cells: pd.DataFrame, seeds: list[int]) -
         top = measured.loc[measured.val_ACC.idxmax()]
         tested = measured.dropna(subset=["test_ACC"])
         by_test = tested.loc[tested.test_ACC.idxmax()] if len(tested) else top
-        est = mean_ci(fresh_cells(cells, driver, top["lambda"]).ACC)
-        chosen_on_test = cells[(cells.phase == "curve") & (cells.driver == driver) & cells.seed.isin(seeds)
-                               & np.isclose(cells["lambda"], by_test["lambda"])]
-        fresh_at_rule = fresh_cells(cells, driver, by_test["lambda"]).ACC
+        est = mean_ci(cells_at(cells, "test", driver, top["lambda"]).ACC)
+        chosen_on_test = cells_at(cells, "curve", driver, by_test["lambda"], seeds)
+        fresh_at_rule = cells_at(cells, "test", driver, by_test["lambda"]).ACC
         inflation = independent_difference(chosen_on_test.ACC, fresh_at_rule)
         rows.append({"driver": driver, "best_lambda": top["lambda"], "val_ACC": top.val_ACC, "val_low": top.low,
                      "val_high": top.high, "curve_seeds": int(top.n),
@@ -109,9 +107,10 @@ def best_lambdas(summary: pd.DataFrame, cells: pd.DataFrame, seeds: list[int]) -
     return pd.DataFrame(rows)
 
 
-def fresh_cells(cells: pd.DataFrame, driver: str, lam: float) -> pd.DataFrame:
-    """The test phase's cells of one driver at one λ (fresh seeds, judged on the test split)."""
-    return cells[(cells.phase == "test") & (cells.driver == driver) & np.isclose(cells["lambda"], lam)]
+def cells_at(cells: pd.DataFrame, phase: str, driver: str, lam: float, seeds: list[int] | None = None) -> pd.DataFrame:
+    """One phase's cells of one driver at one λ (of these seeds, if given)."""
+    at = cells[(cells.phase == phase) & (cells.driver == driver) & np.isclose(cells["lambda"], lam)]
+    return at if seeds is None else at[at.seed.isin(seeds)]
 
 
 def plot(summary: pd.DataFrame, path: Path) -> None:
