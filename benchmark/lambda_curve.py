@@ -73,7 +73,7 @@ def summarise(cells: pd.DataFrame, grids: dict[str, list[float]], seeds: list[in
             at = cells_at(cells, "curve", driver, lam, seeds)
             est = mean_ci(at.val_ACC)
             rows.append({"driver": driver, "point": k, "lambda": lam, "n": est.n, "val_ACC": est.mean,
-                         "low": est.low, "high": est.high, "test_ACC": mean_ci(at.ACC).mean})
+                         "low": est.low, "high": est.high, "test_ACC": at.ACC.mean()})
     return pd.DataFrame(rows)
 
 
@@ -102,7 +102,7 @@ def best_lambdas(summary: pd.DataFrame, cells: pd.DataFrame, seeds: list[int]) -
                      "at_edge": int(top.point) in (0, len(curve) - 1),
                      "test_n": est.n, "test_ACC": est.mean, "test_low": est.low, "test_high": est.high,
                      "test_rule_lambda": by_test["lambda"], "test_rule_ACC": by_test.test_ACC,
-                     "fresh_n": len(fresh_at_rule), "fresh_ACC": mean_ci(fresh_at_rule).mean,
+                     "fresh_n": len(fresh_at_rule), "fresh_ACC": fresh_at_rule.mean(),
                      "inflation": inflation.mean, "inflation_low": inflation.low, "inflation_high": inflation.high})
     return pd.DataFrame(rows)
 
@@ -162,13 +162,12 @@ def run_lambda_curve(store, config: Config, drivers: list[str], centers: dict[st
                       experiment=experiment)
             publish()
     best = publish()
-    ready = best[best.complete]
-    for _, row in ready.iterrows():
+    for _, row in best[best.complete].iterrows():
         for lam in dict.fromkeys([row.best_lambda, row.test_rule_lambda]):
             run_sweep(store, config, [row.driver], test_seeds, {row.driver: Lambda(lam, "user")}, splits, "final",
                       command, parallel, experiment=experiment)
-            publish()
-    return publish()
+            best = publish()
+    return best
 
 
 def write_results(out: Path, cells: pd.DataFrame, summary: pd.DataFrame, best: pd.DataFrame,
