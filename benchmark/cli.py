@@ -209,6 +209,11 @@ def make_parser() -> Parser:
                        help="folder rewritten after every finished curve point (default results/lambda-response)")
     curve.add_argument("--allow-dirty", action="store_true",
                        help="write under results/ from a working tree with uncommitted changes (recorded per run)")
+    curve.add_argument("--resume-from", metavar="FOLDER",
+                       help="count the cells FOLDER/cells.csv publishes (an earlier computation with the same "
+                            "options, e.g. on another machine) as finished")
+    curve.add_argument("--publish-only", action="store_true",
+                       help="train nothing: write --out from the finished cells (the store's and --resume-from's)")
 
     sparsify = commands.add_parser("sparsify", parents=[training], help="accuracy as the weights are zeroed in the "
                                    "order of each importance (sparsification curves), into experiment sparsify")
@@ -505,6 +510,7 @@ def print_study(study, storage_url: str) -> None:
 def command_lambda_curve(args) -> int:
     from pathlib import Path
 
+    from benchmark.environment import CELLS_FILE
     from benchmark.lambda_curve import run_lambda_curve
     from estimators.names import base_estimator
 
@@ -527,15 +533,20 @@ def command_lambda_curve(args) -> int:
     if missing:
         raise UsageError(f"lambda-curve: no λ > 0 to centre {missing[0]}'s grid on (give one: --lambda "
                          f"{missing[0]}=VALUE)")
+    resume_from = Path(args.resume_from) if args.resume_from else None
+    if resume_from is not None and not (resume_from / CELLS_FILE).is_file():
+        raise UsageError(f"--resume-from: no {CELLS_FILE} in {resume_from}")
     check_model(config)
     refuse_dirty_results(args.out, args.allow_dirty)
     splits = load_data(config, args)
     store = open_store(args)
     seeds = list(range(CURVE_FIRST_SEED, CURVE_FIRST_SEED + args.seeds))
+    # the command that regenerates the folder: neither this machine's places nor how this invocation resumed
+    command = portable_command([a for a in args.argv if a != "--publish-only"],
+                               ("--tracking-uri", "--data-dir", "--resume-from"))
     best = run_lambda_curve(store, config, chosen, centers, args.points, args.decades, seeds,
-                            list(range(args.test_seeds)), splits,
-                            portable_command(args.argv, ("--tracking-uri", "--data-dir")), Path(args.out),
-                            args.parallel)
+                            list(range(args.test_seeds)), splits, command, Path(args.out), args.parallel,
+                            resume_from, train=not args.publish_only)
     for _, row in best.iterrows():
         print(f"{row.driver}: best λ {row.best_lambda:g} (validation ACC {row.val_ACC:.4f}, {row.curve_seeds} "
               f"seeds{'' if row.complete else ', curve incomplete'}{', at the grid edge' if row.at_edge else ''})",

@@ -17,12 +17,17 @@ Each curve point and each test cell is an ordinary sweep (`run_sweep`) with an e
 be rerun alone with `python -m benchmark run --lambda DRIVER=VALUE --first-seed SEED --seeds 1`. The cells are
 recorded in their own experiment (`<experiment>-lambda-curve`), apart from `run`'s.
 
+On a machine whose store lacks the cells (a fresh one), `--resume-from FOLDER` counts the cells an earlier
+computation published in FOLDER/cells.csv as finished: they are not trained again, and the folder written lists
+them beside the new ones, each with the run id and fingerprint it was recorded with.
+
 Order: seed-major (every driver and λ at the first curve seed, then the second, …), and within a seed from the
 centre outwards, so an interrupted computation leaves a contiguous stretch of every curve around its centre, at
 fewer seeds, rather than part of it at many.
 """
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +67,18 @@ def finished_cells(store, experiment: str, config: Config) -> pd.DataFrame:
     cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
     # a cell finished twice (a sweep rerun with --lambda of the same value) counts once: the newest
     return cells.drop_duplicates(["driver", "lambda", "seed"]).sort_values(["driver", "lambda", "seed"])
+
+
+def published_cells(folder: Path, config: Config, grids: dict[str, list[float]], seeds: list[int],
+                    test_seeds: list[int]) -> pd.DataFrame:
+    """The cells FOLDER/cells.csv publishes for this computation: this protocol and dataset, one of its drivers at a
+    point of that driver's grid, a curve or test seed of this computation. Whoever names the folder vouches that it
+    was computed with the same options (its README's command)."""
+    published = pd.read_csv(folder / CELLS_FILE, dtype={"run_id": str, "fingerprint": str, "git_commit": str})
+    on_grid = published.apply(lambda r: r.driver in grids and bool(np.isclose(grids[r.driver], r["lambda"]).any())
+                              and r.seed in (seeds if r.phase == "curve" else test_seeds), axis=1)
+    mine = (published.protocol == config.protocol) & (published.dataset == config.data.dataset) & on_grid
+    return published[mine].reindex(columns=list(CELL_COLUMNS))
 
 
 def summarise(cells: pd.DataFrame, grids: dict[str, list[float]], seeds: list[int]) -> pd.DataFrame:
@@ -138,16 +155,27 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
 
 def run_lambda_curve(store, config: Config, drivers: list[str], centers: dict[str, float], points: int,
                      decades: float, seeds: list[int], test_seeds: list[int], splits, command: str, out: Path | None,
-                     parallel: int = 1) -> pd.DataFrame:
+                     parallel: int = 1, resume_from: Path | None = None, train: bool = True) -> pd.DataFrame:
     """Both phases, then the results folder (`out`, rewritten after every sweep so that a partial computation can
-    be published as it stands). Returns the best-λ table."""
+    be published as it stands). `resume_from`: a folder whose published cells count as finished; `train=False`
+    writes the folder from the finished cells and trains nothing. Returns the best-λ table."""
     from benchmark.sweep import run_sweep
 
     experiment = experiment_of(config)
     grids = {d: grid(centers[d], points, decades) for d in drivers}
+    prior = (published_cells(resume_from, config, grids, seeds, test_seeds) if resume_from is not None
+             else pd.DataFrame(columns=list(CELL_COLUMNS)))
+    if len(prior):
+        print(f"resuming from {resume_from}: {len(prior)} published cells count as finished", file=sys.stderr)
+
+    def unpublished(driver: str, lam: float, phase: str, wanted: list[int]) -> list[int]:
+        return [s for s in wanted if s not in set(cells_at(prior, phase, driver, lam).seed)]
 
     def publish() -> pd.DataFrame:
-        cells = finished_cells(store, experiment, config)
+        recorded = finished_cells(store, experiment, config)
+        # a cell in both the store and the published folder is the store's (the same cell, rerun here)
+        cells = recorded if prior.empty else pd.concat([recorded, prior]) \
+            .drop_duplicates(["driver", "lambda", "seed"]).sort_values(["driver", "lambda", "seed"])
         summary = summarise(cells, grids, seeds)
         best = best_lambdas(summary, cells, seeds)
         if out is not None:
@@ -155,18 +183,22 @@ def run_lambda_curve(store, config: Config, drivers: list[str], centers: dict[st
         return best
 
     centre_out = sorted(range(points), key=lambda k: abs(k - (points - 1) / 2))
-    for seed in seeds:
+    for seed in seeds if train else []:
         for k in centre_out:
-            lambdas = {d: Lambda(grids[d][k], "user") for d in drivers}
-            run_sweep(store, config, drivers, [seed], lambdas, splits, "none", command, parallel,
-                      experiment=experiment)
-            publish()
+            due = [d for d in drivers if unpublished(d, grids[d][k], "curve", [seed])]
+            if due:
+                lambdas = {d: Lambda(grids[d][k], "user") for d in due}
+                run_sweep(store, config, due, [seed], lambdas, splits, "none", command, parallel,
+                          experiment=experiment)
+                publish()
     best = publish()
-    for _, row in best[best.complete].iterrows():
+    for _, row in best[best.complete].iterrows() if train else []:
         for lam in dict.fromkeys([row.best_lambda, row.test_rule_lambda]):
-            run_sweep(store, config, [row.driver], test_seeds, {row.driver: Lambda(lam, "user")}, splits, "final",
-                      command, parallel, experiment=experiment)
-            best = publish()
+            due = unpublished(row.driver, lam, "test", test_seeds)
+            if due:
+                run_sweep(store, config, [row.driver], due, {row.driver: Lambda(lam, "user")}, splits, "final",
+                          command, parallel, experiment=experiment)
+                best = publish()
     return best
 
 

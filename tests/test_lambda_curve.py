@@ -1,6 +1,8 @@
 """`python -m benchmark lambda-curve`: the grid, the choice of the best λ, and both phases end to end on the smoke
 protocol with a real MLflow store."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,7 +76,7 @@ def test_the_test_set_rule_and_what_it_adds_against_fresh_seeds():
 
 
 @pytest.mark.slow
-def test_lambda_curve_end_to_end_on_smoke(store_uri, tmp_path, capsys):
+def test_lambda_curve_end_to_end_on_smoke(store_uri, initialised_store, tmp_path, capsys):
     out = tmp_path / "curve"
     args = ["lambda-curve", "--protocol", "smoke", "--drivers", "mas,uniform", "--points", "2", "--decades", "1",
             "--seeds", "1", "--test-seeds", "2", "--lambda", "uniform=0.01", "--tracking-uri", store_uri,
@@ -105,6 +107,30 @@ def test_lambda_curve_end_to_end_on_smoke(store_uri, tmp_path, capsys):
     # two curve points and the test sweeps, each finding all its cells finished
     assert capsys.readouterr().err.count("resuming: 2 of 2 cells already finished") == 2 + test_sweeps
     assert len(pd.read_csv(out / "cells.csv")) == len(cells)
+
+    # a fresh machine: an empty store, resumed from the published folder, trains nothing and republishes every cell
+    fresh = tmp_path / "fresh" / "mlflow.db"
+    fresh.parent.mkdir()
+    shutil.copy(initialised_store, fresh)
+    again = tmp_path / "again"
+    resumed = [*args[:args.index("--tracking-uri")], "--tracking-uri", f"sqlite:///{fresh}", "--data-dir", DATA_DIR,
+               "--out", str(again), "--resume-from", str(out)]
+    capsys.readouterr()
+    assert main(resumed) == 0
+    err = capsys.readouterr().err
+    assert f"{len(cells)} published cells count as finished" in err and "sweep" not in err
+    republished = pd.read_csv(again / "cells.csv", dtype={"run_id": str})
+    assert sorted(republished.run_id) == sorted(cells.run_id.astype(str))
+    assert "--resume-from" not in (again / "README.md").read_text()
+    # without the published folder the fresh store has nothing: --publish-only writes an empty curve, trains nothing
+    assert main([*resumed[:-2], "--publish-only", "--out", str(tmp_path / "empty")]) == 0
+    assert pd.read_csv(tmp_path / "empty" / "cells.csv").empty
+
+
+def test_resume_from_needs_a_published_folder(untouched_store, tmp_path, capsys):
+    assert main(["lambda-curve", "--protocol", "smoke", "--tracking-uri", untouched_store,
+                 "--resume-from", str(tmp_path)]) == 2
+    assert "--resume-from: no cells.csv in" in capsys.readouterr().err
 
 
 def test_lambda_curve_refuses_a_protocol_without_validation_split(untouched_store, capsys):
