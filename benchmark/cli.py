@@ -277,8 +277,9 @@ def make_parser() -> Parser:
     verify = commands.add_parser("verify", help="rerun cells of a published results folder here and judge them "
                                  "against its cells.csv")
     verify.add_argument("folder", help="a report folder with cells.csv, e.g. results/smoke-verify")
-    verify.add_argument("--cells", default="2", metavar="K | DRIVER:SEED,…",
-                        help="how many cells to rerun (the first seed of each driver first; default 2), or which")
+    verify.add_argument("--cells", default="2", metavar="K | [PROTOCOL/]DRIVER:SEED[@LAMBDA],…",
+                        help="how many cells to rerun (the first seed of each driver first; default 2), or which "
+                             "(the protocol and λ narrow a name where the folder holds several)")
     verify.add_argument("--tracking-uri", default=None,
                         help="record the reruns in this MLflow store (default: a throwaway one)")
     verify.add_argument("--data-dir", default=None,

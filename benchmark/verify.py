@@ -47,25 +47,45 @@ def prediction_interval(values, level: float = LEVEL) -> tuple[float, float] | N
 
 def choose(cells: pd.DataFrame, spec: str) -> pd.DataFrame:
     """--cells: a count K — the first K cells when ordered by seed, then as published (so K = 2 takes the first
-    seed of two drivers) — or a list DRIVER:SEED,… (each naming at least one published cell)."""
+    seed of two drivers) — or a list of [PROTOCOL/]DRIVER:SEED[@LAMBDA], each naming at least one published cell
+    (the protocol and λ narrow it where a folder holds several: an ablation's protocols, a λ-curve's grid)."""
     if ":" not in spec:
         try:
             count = int(spec)
         except ValueError:
-            raise UsageError(f"--cells expects a count or DRIVER:SEED,…, got {spec!r}") from None
+            raise UsageError(f"--cells expects a count or [PROTOCOL/]DRIVER:SEED[@LAMBDA],…, got {spec!r}") from None
         if count < 1:
             raise UsageError(f"--cells must be ≥ 1, not {count}")
         order = sorted(range(len(cells)), key=lambda i: (int(cells.seed.iloc[i]), i))
         return cells.iloc[order[:count]]
     chosen = []
-    for item in spec.split(","):
-        driver, _, seed = item.strip().partition(":")
-        match = cells[(cells.driver == driver) & (cells.seed.astype(str) == seed.strip())]
-        if match.empty:
-            raise UsageError(f"--cells: the folder has no cell {item.strip()!r} (its cells: "
-                             f"{', '.join(dict.fromkeys(f'{d}:{s}' for d, s in zip(cells.driver, cells.seed)))})")
-        chosen.append(match)
+    for item in (item.strip() for item in spec.split(",")):
+        protocol, _, cell = item.rpartition("/")
+        cell, _, lam = cell.partition("@")
+        driver, _, seed = cell.partition(":")
+        match = (cells.driver == driver) & (cells.seed.astype(str) == seed.strip())
+        if protocol:
+            match &= cells.protocol == protocol
+        if lam:
+            try:
+                match &= np.isclose(cells["lambda"].astype(float), float(lam))
+            except ValueError:
+                raise UsageError(f"--cells: λ {lam!r} in {item!r} is not a number") from None
+        if not match.any():
+            raise UsageError(f"--cells: the folder has no cell {item!r} (its cells: "
+                             f"{', '.join(dict.fromkeys(cell_names(cells)))})")
+        chosen.append(cells[match])
     return pd.concat(chosen).drop_duplicates("run_id")
+
+
+def cell_names(cells: pd.DataFrame) -> list[str]:
+    """How --cells names each cell: DRIVER:SEED, with the protocol where the folder has several and the λ where
+    a driver and seed occur at several."""
+    several_protocols = cells.protocol.nunique() > 1
+    several_lambdas = cells.duplicated(["protocol", "driver", "seed"], keep=False)
+    return [(f"{r.protocol}/" if several_protocols else "") + f"{r.driver}:{r.seed}"
+            + (f"@{r['lambda']:g}" if several else "")
+            for (_, r), several in zip(cells.iterrows(), several_lambdas)]
 
 
 def rerun(store, config, cell: pd.Series, data_dir: str, download: bool) -> pd.Series | str:
@@ -133,6 +153,7 @@ def verify(folder: Path, spec: str, tracking_uri: str | None, data_dir: str, dow
         refuse_carried_adam(config, "verify")
     columns = value_columns(cells)
     several = cells.protocol.nunique() > 1
+    at_several_lambdas = cells.duplicated(["protocol", "driver", "seed"], keep=False)
     progress = Progress("verified cell", total=len(chosen))
     with tempfile.TemporaryDirectory() as throwaway:
         try:
@@ -144,8 +165,9 @@ def verify(folder: Path, spec: str, tracking_uri: str | None, data_dir: str, dow
                      f"{here['fingerprint']}; the folder's: {', '.join(sorted(set(cells.fingerprint) - {''}))}), "
                      f"recorded in {store.uri}")
         failed = 0
-        for _, cell in chosen.iterrows():
-            name = f"{cell.driver} seed {cell.seed}" + (f" ({cell.protocol})" if several else "")
+        for label, cell in chosen.iterrows():
+            name = (f"{cell.driver} seed {cell.seed}" + (f" λ {cell['lambda']:g}" if at_several_lambdas[label] else "")
+                    + (f" ({cell.protocol})" if several else ""))
             progress.describe(name)
             result = rerun(store, configs[(cell.protocol, cell.dataset)], cell, data_dir, download)
             if isinstance(result, str):

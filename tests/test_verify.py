@@ -262,3 +262,22 @@ def test_the_regenerating_command_logs_what_the_runs_logged(tmp_path):
     cells["config"] = [{"log_importances": "final"}] * len(cells)
     commands, _ = regenerating_commands(cells, ["none", "mas"], {"smoke": "pmnist-smoke"}, tmp_path / "out", "")
     assert commands[0].endswith("--lambda-source protocol")
+
+
+def test_cells_named_by_protocol_and_lambda_where_a_folder_holds_several():
+    from benchmark.errors import UsageError
+    from benchmark.verify import cell_names, choose
+
+    cells = pd.DataFrame({"protocol": ["author", "author", "held-out", "paper", "paper"],
+                          "driver": ["mas", "si", "mas", "mas", "mas"], "seed": [0, 0, 0, 20000, 20000],
+                          "lambda": [4.5, 0.5, 4.5, 1.046, 3.307], "run_id": list("abcde")})
+    assert list(choose(cells, "mas:0").run_id) == ["a", "c"]
+    assert list(choose(cells, "held-out/mas:0").run_id) == ["c"]
+    assert list(choose(cells, "mas:20000@3.307").run_id) == ["e"]
+    assert list(choose(cells, "paper/mas:20000@1.046, si:0").run_id) == ["d", "b"]
+    assert cell_names(cells) == ["author/mas:0", "author/si:0", "held-out/mas:0", "paper/mas:20000@1.046",
+                                 "paper/mas:20000@3.307"]
+    for spec, says in (("mas:20000@9.9", "no cell 'mas:20000@9.9'"), ("mas:0@x", "λ 'x' in 'mas:0@x' is not"),
+                       ("paper/mas:0", "no cell 'paper/mas:0'")):
+        with pytest.raises(UsageError, match=says):
+            choose(cells, spec)
