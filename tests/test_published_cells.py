@@ -28,3 +28,26 @@ def test_every_published_cell_carries_its_fingerprint_and_commit(folder):
     if not (cells.git_dirty == "False").all():
         assert "`git_dirty=True`" in (folder / "README.md").read_text().split("\n\n")[0], \
             "cells made from a dirty tree, and the folder's README does not explain it at its top"
+
+
+def test_readmes_accuracy_table_equals_the_published_cells():
+    """README's first table (test ACC %, mean [95% t-interval] over seeds 0–4) recomputed by hand from each
+    folder's per-seed values: a number in the front door that no file holds fails here."""
+    from scipy import stats
+
+    lines = (RESULTS.parent / "README.md").read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| driver | `paper`, author's λ"))
+    folders = ("paper", "paper-tuned", "author")
+    checked = 0
+    for line in lines[header + 2:]:
+        if not line.startswith("| "):
+            break
+        driver, *columns = [c.strip() for c in line.strip("|").split("|")]
+        for folder, text in zip(folders, columns):
+            cells = pd.read_csv(RESULTS / folder / "cells.csv")
+            acc = 100 * cells[cells.driver == driver].sort_values("seed").ACC.to_numpy()
+            assert len(acc) == 5
+            half = stats.t.ppf(0.975, 4) * acc.std(ddof=1) / 5 ** 0.5
+            assert text == f"{acc.mean():.2f} [{acc.mean() - half:.2f}, {acc.mean() + half:.2f}]", (folder, driver)
+            checked += 1
+    assert checked == 15
