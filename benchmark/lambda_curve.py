@@ -36,9 +36,12 @@ import pandas as pd
 from benchmark.config import CURVE_FIRST_SEED, Config
 from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS, experiment_name
 from benchmark.lambdas import Lambda
-from benchmark.report.stats import independent_difference, mean_ci
+from benchmark.report.stats import independent_difference, mean_ci, paired_difference
+from estimators.names import base_estimator
 
 SUMMARY_FILE, BEST_FILE, FIGURE_FILE = "curve_summary.csv", "best.csv", "lambda_response.png"
+OPTIMA_FILE = "own_optimum.csv"
+REFERENCE = "mas"  # the paper's driver: every other driver is compared with it, each at its own best λ
 # cells.csv's columns (the layout verify reads, benchmark/report/cells.py), and the phase each cell belongs to
 CELL_COLUMNS = ("protocol", "dataset", "driver", "seed", "lambda", "lambda_source", "phase", "val_ACC", "ACC", "BWT",
                 *FINGERPRINT_KEYS, "run_id")
@@ -122,6 +125,30 @@ def best_lambdas(summary: pd.DataFrame, cells: pd.DataFrame, seeds: list[int]) -
                      "fresh_n": len(fresh_at_rule), "fresh_ACC": fresh_at_rule.mean(),
                      "inflation": inflation.mean, "inflation_low": inflation.low, "inflation_high": inflation.high})
     return pd.DataFrame(rows)
+
+
+def at_own_optimum(cells: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """Each driver against its reference — a shuffled-/layermean- control against the estimator it transforms,
+    every other driver against REFERENCE — each at its own best λ: test ACC minus the reference's, paired by
+    test seed (the fresh seeds are shared: same permutations, initial weights and batch order). Only drivers
+    whose complete curve has fresh seeds in common with its reference's."""
+    columns = ["driver", "best_lambda", "reference", "reference_lambda", "n", "difference", "low", "high"]
+    if best.empty:
+        return pd.DataFrame(columns=columns)
+    complete = best[best.complete].set_index("driver")
+    rows = []
+    for driver, row in complete.iterrows():
+        reference = base_estimator(driver) or REFERENCE
+        if driver == reference or reference not in complete.index:
+            continue
+        ours, theirs = (cells_at(cells, "test", d, complete.loc[d, "best_lambda"]).set_index("seed").ACC
+                        for d in (driver, reference))
+        est = paired_difference(ours.to_dict(), theirs.to_dict())
+        if est.n >= 2:
+            rows.append({"driver": driver, "best_lambda": row.best_lambda, "reference": reference,
+                         "reference_lambda": complete.loc[reference, "best_lambda"], "n": est.n,
+                         "difference": est.mean, "low": est.low, "high": est.high})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def cells_at(cells: pd.DataFrame, phase: str, driver: str, lam: float, seeds: list[int] | None = None) -> pd.DataFrame:
@@ -208,6 +235,8 @@ def write_results(out: Path, cells: pd.DataFrame, summary: pd.DataFrame, best: p
     cells.to_csv(out / CELLS_FILE, index=False)
     summary.to_csv(out / SUMMARY_FILE, index=False, float_format="%.6g")
     best.to_csv(out / BEST_FILE, index=False, float_format="%.6g")
+    optima = at_own_optimum(cells, best)
+    optima.to_csv(out / OPTIMA_FILE, index=False, float_format="%.6g")
     if (summary.n > 0).any():
         plot(summary, out / FIGURE_FILE)
     done = int((summary.n == len(seeds)).sum())
@@ -255,7 +284,18 @@ def write_results(out: Path, cells: pd.DataFrame, summary: pd.DataFrame, best: p
         same = "yes" if r.test_rule_lambda == r.best_lambda else "no"
         lines.append(f"| {r.driver} | {r.test_rule_lambda:g} | {same} | {100 * r.test_rule_ACC:.2f} | {fresh} "
                      f"| {gain} |")
-    lines += ["", f"Files: `{CELLS_FILE}` (one row a finished cell, its fingerprint; `verify` reruns them), "
-              f"`{SUMMARY_FILE}` (per driver and λ), "
-              f"`{BEST_FILE}`, `{FIGURE_FILE}`.", ""]
+    lines += [
+        "",
+        f"**Each driver at its own best λ** against {REFERENCE} at its own (a shuffled-/layermean- control against "
+        "the estimator it transforms), test ACC minus the reference's in points, paired by fresh seed — mean "
+        "[95% t-interval]:",
+        "",
+        "| driver (best λ) | reference (best λ) | difference, points [95% t] (n) |",
+        "|---|---|---|",
+        *[f"| {r.driver} ({r.best_lambda:g}) | {r.reference} ({r.reference_lambda:g}) | {100 * r.difference:+.2f} "
+          f"[{100 * r.low:+.2f}, {100 * r.high:+.2f}] ({r.n}) |" for r in optima.itertuples()],
+        *([] if len(optima) else ["| not yet run: needs both curves complete and their fresh seeds | | |"]),
+        "",
+        f"Files: `{CELLS_FILE}` (one row a finished cell, its fingerprint; `verify` reruns them), "
+        f"`{SUMMARY_FILE}` (per driver and λ), `{BEST_FILE}`, `{OPTIMA_FILE}`, `{FIGURE_FILE}`.", ""]
     (out / "README.md").write_text("\n".join(lines))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.lambda_curve import CURVE_FIRST_SEED, best_lambdas, grid, summarise
+from benchmark.lambda_curve import CURVE_FIRST_SEED, at_own_optimum, best_lambdas, grid, summarise
 from benchmark.report.stats import independent_difference
 from tests.conftest import DATA_DIR
 
@@ -75,6 +75,31 @@ def test_the_test_set_rule_and_what_it_adds_against_fresh_seeds():
     assert welch.low < 0.02 < welch.high
 
 
+def test_each_driver_at_its_own_optimum_against_its_reference_paired_by_seed():
+    """mas's best λ is 10, shuffled-mas's 100, uniform's 0.01: each control's fresh seeds at its own best λ minus mas's
+    at 10, seed by seed. shuffled-mas − mas: 0.85 − 0.95, 0.86 − 0.94, 0.84 − 0.96 = −0.10, −0.08, −0.12 (mean
+    −0.10, sd 0.02, t(0.975, 2) = 4.303 ⇒ ± 0.0497). Cells at another λ (mas at 1) never enter; si, whose curve is
+    incomplete, gets no row."""
+    grids = {"mas": [1.0, 10.0], "shuffled-mas": [10.0, 100.0], "uniform": [0.01, 0.1], "si": [0.1, 1.0]}
+    seeds = [CURVE_FIRST_SEED]
+    cells = pd.concat([
+        curve_cells({("mas", 1.0): [0.90], ("mas", 10.0): [0.94], ("shuffled-mas", 10.0): [0.80],
+                     ("shuffled-mas", 100.0): [0.85], ("uniform", 0.01): [0.83], ("uniform", 0.1): [0.82],
+                     ("si", 0.1): [0.90]}),
+        fresh("mas", 10.0, [0.95, 0.94, 0.96]), fresh("mas", 1.0, [0.50, 0.50, 0.50]),
+        fresh("shuffled-mas", 100.0, [0.85, 0.86, 0.84]), fresh("uniform", 0.01, [0.80, 0.81]),
+        fresh("si", 0.1, [0.90, 0.91, 0.92])])
+    best = best_lambdas(summarise(cells, grids, seeds), cells, seeds)
+    table = at_own_optimum(cells, best).set_index("driver")
+    assert list(table.index) == ["shuffled-mas", "uniform"]
+    shuffled = table.loc["shuffled-mas"]
+    assert (shuffled.reference, shuffled.best_lambda, shuffled.reference_lambda, shuffled.n) == ("mas", 100.0, 10.0, 3)
+    assert shuffled.difference == pytest.approx(-0.10)
+    assert shuffled.high - shuffled.difference == pytest.approx(4.303 * 0.02 / np.sqrt(3), rel=1e-3)
+    # uniform has no estimator of its own: against mas, over the two seeds both have
+    assert table.loc["uniform", "n"] == 2 and table.loc["uniform", "difference"] == pytest.approx(-0.14)
+
+
 @pytest.mark.slow
 def test_lambda_curve_end_to_end_on_smoke(store_uri, initialised_store, tmp_path, capsys):
     out = tmp_path / "curve"
@@ -99,6 +124,9 @@ def test_lambda_curve_end_to_end_on_smoke(store_uri, initialised_store, tmp_path
         assert best.loc[driver, "test_n"] == 2 and best.loc[driver, "fresh_n"] == 2
         test_sweeps += len(chosen)
     assert (out / "lambda_response.png").stat().st_size > 0
+    # uniform at its own best λ against mas at its own, over the two fresh seeds
+    optimum = pd.read_csv(out / "own_optimum.csv")
+    assert list(optimum.driver) == ["uniform"] and list(optimum.reference) == ["mas"] and list(optimum.n) == [2]
     readme = (out / "README.md").read_text()
     assert "4 of 4 curve cells finished" in readme and f"{2 * test_sweeps} of {2 * test_sweeps} test cells" in readme
     # a second invocation trains nothing: every cell is found finished
