@@ -96,3 +96,11 @@ def test_van_de_ven_split_protocols_say_what_their_paper_says(split_type):
     assert config.model.hidden == (400, 400) and config.model.leaky_relu_slope == 0.0
     t = config.training
     assert (t.optimizer, t.lr, t.batch_size, t.iterations) == ("adam", 0.001, 128, 2000)
+
+
+def test_conv_tuning_is_conv_with_a_validation_split():
+    conv, tuning = load_config("conv").to_dict(), load_config("conv-tuning").to_dict()
+    assert conv["data"].pop("validation_images") == 0 and tuning["data"].pop("validation_images") == 5000
+    assert conv["data"].pop("train_images") == 60000 and tuning["data"].pop("train_images") == 55000
+    conv.pop("protocol"), tuning.pop("protocol")
+    assert conv == tuning
