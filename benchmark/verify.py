@@ -78,11 +78,16 @@ def choose(cells: pd.DataFrame, spec: str) -> pd.DataFrame:
     return pd.concat(chosen).drop_duplicates("run_id")
 
 
+def ambiguity(cells: pd.DataFrame) -> tuple[bool, pd.Series]:
+    """What a cell's name must add to name one cell: whether the folder holds several protocols, and per cell
+    whether its protocol, driver and seed occur at several λ."""
+    return cells.protocol.nunique() > 1, cells.duplicated(["protocol", "driver", "seed"], keep=False)
+
+
 def cell_names(cells: pd.DataFrame) -> list[str]:
     """How --cells names each cell: DRIVER:SEED, with the protocol where the folder has several and the λ where
     a driver and seed occur at several."""
-    several_protocols = cells.protocol.nunique() > 1
-    several_lambdas = cells.duplicated(["protocol", "driver", "seed"], keep=False)
+    several_protocols, several_lambdas = ambiguity(cells)
     return [(f"{r.protocol}/" if several_protocols else "") + f"{r.driver}:{r.seed}"
             + (f"@{r['lambda']:g}" if several else "")
             for (_, r), several in zip(cells.iterrows(), several_lambdas)]
@@ -152,8 +157,7 @@ def verify(folder: Path, spec: str, tracking_uri: str | None, data_dir: str, dow
     for config in configs.values():
         refuse_carried_adam(config, "verify")
     columns = value_columns(cells)
-    several = cells.protocol.nunique() > 1
-    at_several_lambdas = cells.duplicated(["protocol", "driver", "seed"], keep=False)
+    several, at_several_lambdas = ambiguity(cells)
     progress = Progress("verified cell", total=len(chosen))
     with tempfile.TemporaryDirectory() as throwaway:
         try:
