@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from benchmark import plugins
 from benchmark.config import Config
-from benchmark.drivers import EXTRA_PAIRS, PAPER_ESTIMATORS
+from benchmark.drivers import EXTRA_PAIRS, LIBRARY_SHORTCUTS, PAPER_ESTIMATORS
 from benchmark.loop import make_estimators
 
 COLUMNS = ["task", "layer", "param", "kind", "estimator_a", "estimator_b", "method", "value"]
@@ -150,7 +150,7 @@ def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tens
 
 
 # the libraries' Fisher variants and the exact estimators they stand in for: what library_practice_correlations computes
-LIBRARY_PRACTICE = ("fis", "fis_exact", "fis_batched", "fis_maxpred", "fis_pweighted")
+LIBRARY_PRACTICE = ("fis", "fis_exact", *LIBRARY_SHORTCUTS)
 
 
 def library_practice_correlations(model: nn.Module, x: Tensor, y: Tensor, config: Config) -> pd.DataFrame:

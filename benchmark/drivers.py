@@ -10,13 +10,16 @@ the command line's help and its checks of a name need no model.
 from benchmark import plugins
 from estimators.names import base_estimator, control_names
 
-__all__ = ["PAPER_ESTIMATORS", "PAPER_DRIVERS", "CURVE_DRIVERS", "EXTRA_PAIRS", "REPORTED_PAIRS", "base_estimator",
-           "control_names", "drivers", "estimator_drivers", "in_paper_order"]
+__all__ = ["PAPER_ESTIMATORS", "PAPER_DRIVERS", "CURVE_DRIVERS", "LIBRARY_SHORTCUTS", "EXTRA_PAIRS", "REPORTED_PAIRS",
+           "base_estimator", "control_names", "drivers", "estimator_drivers", "in_paper_order", "reference_of"]
 
 PAPER_ESTIMATORS = ("fis", "mas", "si", "sig")
 PAPER_DRIVERS = ("none", *PAPER_ESTIMATORS)  # `run --drivers paper`, the default, in the paper's order
 # `lambda-curve`'s default: the paper's four, and the controls that need a λ of their own to be compared fairly
 CURVE_DRIVERS = (*PAPER_ESTIMATORS, "uniform", "shuffled-mas", "layermean-mas")
+# the libraries' shortcuts for a Fisher (docs/estimators.md says which library ships which) and the estimator each
+# stands in for: the paper's empirical Fisher, the one a user of the library believes they get
+LIBRARY_SHORTCUTS = {"fis_batched": "fis", "fis_maxpred": "fis", "fis_pweighted": "fis"}
 
 # Pairs of importances every run correlates beyond the paper's six, where it observed both (correlations.py; a
 # derived name — mas^2, sqrt(fis), sqrt(sos) — is computed from the estimator it names): the paper's FIS ~ MAS²,
@@ -40,6 +43,12 @@ def estimator_drivers() -> tuple[str, ...]:
 def drivers() -> tuple[str, ...]:
     """Every name a run may be driven by: the estimators and their controls."""
     return (*estimator_drivers(), *control_names(plugins.estimator_names()))
+
+
+def reference_of(driver: str, default: str) -> str:
+    """What a driver is compared with at equal terms: a shuffled-/layermean- control with the estimator it
+    transforms, a library shortcut with the estimator it stands in for, any other driver with `default`."""
+    return base_estimator(driver) or LIBRARY_SHORTCUTS.get(driver) or default
 
 
 def in_paper_order(present) -> list[str]:

@@ -34,14 +34,15 @@ import numpy as np
 import pandas as pd
 
 from benchmark.config import CURVE_FIRST_SEED, Config
+from benchmark.drivers import reference_of
 from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS, experiment_name
 from benchmark.lambdas import Lambda
 from benchmark.report.stats import independent_difference, mean_ci, paired_difference
-from estimators.names import base_estimator
 
 SUMMARY_FILE, BEST_FILE, FIGURE_FILE = "curve_summary.csv", "best.csv", "lambda_response.png"
 OPTIMA_FILE = "own_optimum.csv"
-REFERENCE = "mas"  # the paper's driver: every other driver is compared with it, each at its own best λ
+# the paper's driver: a driver without a reference of its own (drivers.reference_of) is compared with it
+REFERENCE = "mas"
 # cells.csv's columns (the layout verify reads, benchmark/report/cells.py), and the phase each cell belongs to
 CELL_COLUMNS = ("protocol", "dataset", "driver", "seed", "lambda", "lambda_source", "phase", "val_ACC", "ACC", "BWT",
                 *FINGERPRINT_KEYS, "run_id")
@@ -128,17 +129,18 @@ def best_lambdas(summary: pd.DataFrame, cells: pd.DataFrame, seeds: list[int]) -
 
 
 def at_own_optimum(cells: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
-    """Each driver against its reference — a shuffled-/layermean- control against the estimator it transforms,
-    every other driver against REFERENCE — each at its own best λ: test ACC minus the reference's, paired by
-    test seed (the fresh seeds are shared: same permutations, initial weights and batch order). Only drivers
-    whose complete curve has fresh seeds in common with its reference's."""
+    """Each driver against its reference (drivers.reference_of: a control against the estimator it transforms, a
+    library shortcut against the estimator it stands in for, any other driver against REFERENCE), each at its own
+    best λ: test ACC minus the reference's, paired by test seed (the fresh seeds are shared: same permutations,
+    initial weights and batch order). Only drivers whose complete curve has fresh seeds in common with its
+    reference's."""
     columns = ["driver", "best_lambda", "reference", "reference_lambda", "n", "difference", "low", "high"]
     if best.empty:
         return pd.DataFrame(columns=columns)
     complete = best[best.complete].set_index("driver")
     rows = []
     for driver, row in complete.iterrows():
-        reference = base_estimator(driver) or REFERENCE
+        reference = reference_of(driver, REFERENCE)
         if driver == reference or reference not in complete.index:
             continue
         ours, theirs = (cells_at(cells, "test", d, complete.loc[d, "best_lambda"]).set_index("seed").ACC
@@ -287,8 +289,8 @@ def write_results(out: Path, cells: pd.DataFrame, summary: pd.DataFrame, best: p
     lines += [
         "",
         f"**Each driver at its own best λ** against {REFERENCE} at its own (a shuffled-/layermean- control against "
-        "the estimator it transforms), test ACC minus the reference's in points, paired by fresh seed — mean "
-        "[95% t-interval]:",
+        "the estimator it transforms, a library shortcut against the estimator it stands in for), test ACC minus "
+        "the reference's in points, paired by fresh seed — mean [95% t-interval]:",
         "",
         "| driver (best λ) | reference (best λ) | difference, points [95% t] (n) |",
         "|---|---|---|",

@@ -100,6 +100,20 @@ def test_each_driver_at_its_own_optimum_against_its_reference_paired_by_seed():
     assert table.loc["uniform", "n"] == 2 and table.loc["uniform", "difference"] == pytest.approx(-0.14)
 
 
+def test_a_library_shortcut_is_paired_with_the_fisher_it_stands_in_for_not_with_mas():
+    """fis_batched at its own best λ (1000) minus fis at its own (10): 0.90 − 0.93, 0.92 − 0.93 = −0.02 on average;
+    fis itself, having no estimator it stands in for, is paired with mas: 0.93 − 0.95, 0.93 − 0.94 = −0.015."""
+    grids = {"mas": [10.0], "fis": [10.0], "fis_batched": [1000.0]}
+    seeds = [CURVE_FIRST_SEED]
+    cells = pd.concat([
+        curve_cells({("mas", 10.0): [0.94], ("fis", 10.0): [0.93], ("fis_batched", 1000.0): [0.91]}),
+        fresh("mas", 10.0, [0.95, 0.94]), fresh("fis", 10.0, [0.93, 0.93]), fresh("fis_batched", 1000.0, [0.90, 0.92])])
+    table = at_own_optimum(cells, best_lambdas(summarise(cells, grids, seeds), cells, seeds)).set_index("driver")
+    assert table.loc["fis_batched", "reference"] == "fis" and table.loc["fis", "reference"] == "mas"
+    assert table.loc["fis_batched", "difference"] == pytest.approx(-0.02)
+    assert table.loc["fis", "difference"] == pytest.approx(-0.015)
+
+
 @pytest.mark.slow
 def test_lambda_curve_end_to_end_on_smoke(store_uri, initialised_store, tmp_path, capsys):
     out = tmp_path / "curve"
