@@ -79,10 +79,19 @@ def published_cells(folder: Path, config: Config, grids: dict[str, list[float]],
     point of that driver's grid, a curve or test seed of this computation. Whoever names the folder vouches that it
     was computed with the same options (its README's command)."""
     published = pd.read_csv(folder / CELLS_FILE, dtype={"run_id": str, "fingerprint": str, "git_commit": str})
-    on_grid = published.apply(lambda r: r.driver in grids and bool(np.isclose(grids[r.driver], r["lambda"]).any())
-                              and r.seed in (seeds if r.phase == "curve" else test_seeds), axis=1)
-    mine = (published.protocol == config.protocol) & (published.dataset == config.data.dataset) & on_grid
-    return published[mine].reindex(columns=list(CELL_COLUMNS))
+    published = published[(published.protocol == config.protocol) & (published.dataset == config.data.dataset)]
+    return of_computation(published, grids, seeds, test_seeds).reindex(columns=list(CELL_COLUMNS))
+
+
+def of_computation(cells: pd.DataFrame, grids: dict[str, list[float]], seeds: list[int],
+                   test_seeds: list[int]) -> pd.DataFrame:
+    """The cells this computation asks for: one of its drivers at a point of that driver's grid, a curve or test
+    seed of it — not the cells another computation (other drivers, another grid) left in the same experiment."""
+    if cells.empty:
+        return cells
+    mine = cells.apply(lambda r: r.driver in grids and bool(np.isclose(grids[r.driver], r["lambda"]).any())
+                       and r.seed in (seeds if r.phase == "curve" else test_seeds), axis=1)
+    return cells[mine]
 
 
 def summarise(cells: pd.DataFrame, grids: dict[str, list[float]], seeds: list[int]) -> pd.DataFrame:
@@ -201,7 +210,7 @@ def run_lambda_curve(store, config: Config, drivers: list[str], centers: dict[st
         return [s for s in wanted if s not in set(cells_at(prior, phase, driver, lam).seed)]
 
     def publish() -> pd.DataFrame:
-        recorded = finished_cells(store, experiment, config)
+        recorded = of_computation(finished_cells(store, experiment, config), grids, seeds, test_seeds)
         # a cell in both the store and the published folder is the store's (the same cell, rerun here)
         cells = recorded if prior.empty else pd.concat([recorded, prior]) \
             .drop_duplicates(["driver", "lambda", "seed"]).sort_values(["driver", "lambda", "seed"])

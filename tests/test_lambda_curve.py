@@ -149,6 +149,11 @@ def test_lambda_curve_end_to_end_on_smoke(store_uri, initialised_store, tmp_path
     # two curve points and the test sweeps, each finding all its cells finished
     assert capsys.readouterr().err.count("resuming: 2 of 2 cells already finished") == 2 + test_sweeps
     assert len(pd.read_csv(out / "cells.csv")) == len(cells)
+    # another computation in the same experiment (here: mas alone) publishes its own cells, not uniform's
+    only_mas = [*args, "--publish-only"]
+    only_mas[only_mas.index("mas,uniform")], only_mas[only_mas.index(str(out))] = "mas", str(tmp_path / "mas")
+    assert main(only_mas) == 0
+    assert set(pd.read_csv(tmp_path / "mas" / "cells.csv").driver) == {"mas"}
 
     # a fresh machine: an empty store, resumed from the published folder, trains nothing and republishes every cell
     fresh = tmp_path / "fresh" / "mlflow.db"
