@@ -51,3 +51,16 @@ def test_readmes_accuracy_table_equals_the_published_cells():
             assert text == f"{acc.mean():.2f} [{acc.mean() - half:.2f}, {acc.mean() + half:.2f}]", (folder, driver)
             checked += 1
     assert checked == 15
+
+
+def test_the_own_optimum_comparisons_the_readmes_state_equal_the_published_table():
+    """README (one decimal) and results/README.md (two) state every driver's difference from mas at each one's own
+    best λ: each must be own_optimum.csv's, interval included."""
+    table = pd.read_csv(RESULTS / "lambda-response" / "own_optimum.csv")
+    assert len(table) == 6 and set(table.reference) == {"mas"} and (table.n == 5).all()
+    for path, digits in ((RESULTS.parent / "README.md", 1), (RESULTS / "README.md", 2)):
+        text = " ".join(path.read_text().split())
+        for row in table.itertuples():
+            low, mean, high = (f"{100 * v:+.{digits}f}".replace("-", "−") for v in (row.low, row.difference, row.high))
+            stated = f"{row.driver} {mean.lstrip('+')} [{low}, {high}]"
+            assert stated in text, (path.name, stated)
