@@ -206,37 +206,43 @@ def run_lambda_curve(store, config: Config, drivers: list[str], centers: dict[st
     if len(prior):
         print(f"resuming from {resume_from}: {len(prior)} published cells count as finished", file=sys.stderr)
 
-    def unpublished(driver: str, lam: float, phase: str, wanted: list[int]) -> list[int]:
-        return [s for s in wanted if s not in set(cells_at(prior, phase, driver, lam).seed)]
-
-    def publish() -> pd.DataFrame:
+    def finished() -> pd.DataFrame:
         recorded = of_computation(finished_cells(store, experiment, config), grids, seeds, test_seeds)
         # a cell in both the store and the published folder is the store's (the same cell, rerun here)
-        cells = recorded if prior.empty else pd.concat([recorded, prior]) \
+        return recorded if prior.empty else pd.concat([recorded, prior]) \
             .drop_duplicates(["driver", "lambda", "seed"]).sort_values(["driver", "lambda", "seed"])
+
+    def publish(cells: pd.DataFrame) -> pd.DataFrame:
         summary = summarise(cells, grids, seeds)
         best = best_lambdas(summary, cells, seeds)
         if out is not None:
             write_results(out, cells, summary, best, grids, seeds, test_seeds, command)
         return best
 
+    # a sweep only where a cell is missing: a sweep whose cells are all finished would record an empty parent run
+    def missing(cells: pd.DataFrame, driver: str, lam: float, phase: str, wanted: list[int]) -> list[int]:
+        return [s for s in wanted if s not in set(cells_at(cells, phase, driver, lam).seed)]
+
+    cells = finished()
     centre_out = sorted(range(points), key=lambda k: abs(k - (points - 1) / 2))
     for seed in seeds if train else []:
         for k in centre_out:
-            due = [d for d in drivers if unpublished(d, grids[d][k], "curve", [seed])]
+            due = [d for d in drivers if missing(cells, d, grids[d][k], "curve", [seed])]
             if due:
                 lambdas = {d: Lambda(grids[d][k], "user") for d in due}
                 run_sweep(store, config, due, [seed], lambdas, splits, "none", command, parallel,
                           experiment=experiment)
-                publish()
-    best = publish()
+                cells = finished()
+                publish(cells)
+    best = publish(cells)
     for _, row in best[best.complete].iterrows() if train else []:
         for lam in dict.fromkeys([row.best_lambda, row.test_rule_lambda]):
-            due = unpublished(row.driver, lam, "test", test_seeds)
+            due = missing(cells, row.driver, lam, "test", test_seeds)
             if due:
                 run_sweep(store, config, [row.driver], due, {row.driver: Lambda(lam, "user")}, splits, "final",
                           command, parallel, experiment=experiment)
-                best = publish()
+                cells = finished()
+                best = publish(cells)
     return best
 
 
