@@ -64,3 +64,19 @@ def test_the_own_optimum_comparisons_the_readmes_state_equal_the_published_table
             low, mean, high = (f"{100 * v:+.{digits}f}".replace("-", "−") for v in (row.low, row.difference, row.high))
             stated = f"{row.driver} {mean.lstrip('+')} [{low}, {high}]"
             assert stated in text, (path.name, stated)
+
+
+def test_the_thread_count_table_is_what_its_script_computes_and_what_the_findings_state():
+    """results/thread_count.csv is the output of its script on the two folders its docstring names, and the
+    pooled difference results/README.md states is its `all` row."""
+    import subprocess
+    import sys
+
+    script = ["results/thread_count.py", "results/paper-tuned", "results/lambda-response"]
+    table = subprocess.run([sys.executable, *script], cwd=RESULTS.parent, capture_output=True, text=True,
+                           check=True).stdout
+    assert table == (RESULTS / "thread_count.csv").read_text()
+    pooled = pd.read_csv(RESULTS / "thread_count.csv").set_index("driver").loc["all"]
+    assert pooled.n == 35 and pooled.differing == 35
+    stated = (f"+{100 * pooled.difference:.2f} [{100 * pooled.low:+.2f}, {100 * pooled.high:+.2f}]".replace("-", "−"))
+    assert stated in " ".join((RESULTS / "README.md").read_text().split())
