@@ -28,8 +28,7 @@ def paired_cells(first: Path, second: Path) -> pd.DataFrame:
     a, b = read_cells(first), read_cells(second)
     if "phase" in b:
         b = b[b.phase == "test"]
-    for cells in (a, b):
-        cells["lambda"] = cells["lambda"].map(lambda v: float(f"{v:.4g}"))
+    a, b = (cells.assign(**{"lambda": cells["lambda"].map(lambda v: float(f"{v:.4g}"))}) for cells in (a, b))
     both = a.merge(b, on=KEYS, suffixes=("_first", "_second"))
     both = both[both.threads_first.astype(str) != both.threads_second.astype(str)]
     return both.assign(difference=both.ACC_second - both.ACC_first)

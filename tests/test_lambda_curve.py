@@ -115,13 +115,13 @@ def test_a_library_shortcut_is_paired_with_the_fisher_it_stands_in_for_not_with_
     assert table.loc["fis", "difference"] == pytest.approx(-0.015)
 
 
-@pytest.mark.slow
 def run_count(store_uri: str) -> int:
     """How many runs the store holds, read from its sqlite file."""
     with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as db:
         return db.execute("select count(*) from runs").fetchone()[0]
 
 
+@pytest.mark.slow
 def test_lambda_curve_end_to_end_on_smoke(store_uri, initialised_store, tmp_path, capsys):
     out = tmp_path / "curve"
     args = ["lambda-curve", "--protocol", "smoke", "--drivers", "mas,uniform", "--points", "2", "--decades", "1",

@@ -53,6 +53,12 @@ def test_readmes_accuracy_table_equals_the_published_cells():
     assert checked == 15
 
 
+def as_stated(mean: float, low: float, high: float, digits: int) -> str:
+    """A difference in points as the READMEs write it: "−0.63 [−1.10, −0.16]" (a sign on the interval's ends)."""
+    m, lo, hi = (f"{100 * v:+.{digits}f}".replace("-", "−") for v in (mean, low, high))
+    return f"{m.lstrip('+')} [{lo}, {hi}]"
+
+
 def test_the_own_optimum_comparisons_the_readmes_state_equal_the_published_table():
     """README (one decimal) and results/README.md (two) state every driver's difference from mas at each one's own
     best λ: each must be own_optimum.csv's, interval included."""
@@ -61,8 +67,7 @@ def test_the_own_optimum_comparisons_the_readmes_state_equal_the_published_table
     for path, digits in ((RESULTS.parent / "README.md", 1), (RESULTS / "README.md", 2)):
         text = " ".join(path.read_text().split())
         for row in table.itertuples():
-            low, mean, high = (f"{100 * v:+.{digits}f}".replace("-", "−") for v in (row.low, row.difference, row.high))
-            stated = f"{row.driver} {mean.lstrip('+')} [{low}, {high}]"
+            stated = f"{row.driver} {as_stated(row.difference, row.low, row.high, digits)}"
             assert stated in text, (path.name, stated)
 
 
@@ -78,5 +83,5 @@ def test_the_thread_count_table_is_what_its_script_computes_and_what_the_finding
     assert table == (RESULTS / "thread_count.csv").read_text()
     pooled = pd.read_csv(RESULTS / "thread_count.csv").set_index("driver").loc["all"]
     assert pooled.n == 35 and pooled.differing == 35
-    stated = (f"+{100 * pooled.difference:.2f} [{100 * pooled.low:+.2f}, {100 * pooled.high:+.2f}]".replace("-", "−"))
+    stated = ("+" if pooled.difference > 0 else "") + as_stated(pooled.difference, pooled.low, pooled.high, 2)
     assert stated in " ".join((RESULTS / "README.md").read_text().split())
