@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from benchmark import plugins
 from benchmark.config import Config
 from benchmark.drivers import EXTRA_PAIRS, LIBRARY_SHORTCUTS, PAPER_ESTIMATORS
-from benchmark.loop import make_estimators
+from benchmark.loop import accumulate, make_estimators
 
 COLUMNS = ["task", "layer", "param", "kind", "estimator_a", "estimator_b", "method", "value"]
 # derived importances: name -> (estimator it is computed from, elementwise transform); the transforms are
@@ -105,8 +105,9 @@ def top_k_mask(order: np.ndarray, percent: float) -> np.ndarray:
 
 
 def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tensor]],
-                     top_k_percent: float = 10.0) -> list[tuple]:
-    """Rows of COLUMNS for one task and one kind ('accumulated' or 'increment')."""
+                     top_k_percent: float = 10.0, which: list[tuple[str, str]] | None = None) -> list[tuple]:
+    """Rows of COLUMNS for one task and one kind ('accumulated' or 'increment'); the pairs above among the
+    importances, or the pairs `which` names."""
     estimators = list(importances)
     vectors = {est: layer_vectors(imp) for est, imp in importances.items()}
     for name, (base, transform) in DERIVED.items():
@@ -137,7 +138,7 @@ def correlation_rows(task: int, kind: str, importances: dict[str, dict[str, Tens
 
     rows = []
     overlap = top_k_method(top_k_percent)
-    for a, b in pairs(estimators):
+    for a, b in pairs(estimators) if which is None else which:
         for key in vectors[a]:
             layer, param = key
             for method in ("pearson", "spearman"):
@@ -157,9 +158,40 @@ def library_practice_correlations(model: nn.Module, x: Tensor, y: Tensor, config
     """How close each library's Fisher comes to the exact ones on one trained model: the importances of
     LIBRARY_PRACTICE on the importance samples (x, y), configured by the protocol's [estimators] section (e.g.
     fis_batched_batchnorm), in eval mode as after a task; one row per layer, parameter kind, pair and method, for
-    the pairs above among them. SI's clamp and the blended accumulation need a training run: its correlations.csv."""
+    the pairs above among them. The libraries' options that act across tasks need every task's importance of a
+    run: library_option_correlations."""
     observed = replace(config, estimators=replace(config.estimators, observe=LIBRARY_PRACTICE))
     model.eval()
     importances = {name: e.importance(model, x, y) for name, e in make_estimators(observed).items()}
     rows = correlation_rows(0, "increment", importances, config.analysis.top_k_percent)
+    return pd.DataFrame(rows, columns=COLUMNS).drop(columns=["task", "kind"])
+
+
+# the libraries' options that change the importance a penalty sees, not how one task's is computed
+# (docs/estimators.md): FACIL's EWC and MAS and Avalanche's MAS blend old and new with α = 0.5; Avalanche bounds SI's
+# importance at 0.001 (as estimators.si_clamp_max does, on each task's)
+LIBRARY_BLENDED, LIBRARY_BLEND_ALPHA, LIBRARY_SI_BOUND = ("fis", "mas"), 0.5, 0.001
+
+
+def library_option_correlations(increments: dict[int, dict[str, dict[str, Tensor]]], config: Config,
+                                ) -> pd.DataFrame:
+    """What those options change, on one run's importances of every task 0 … t (its logged increments): fis's
+    and mas's importance accumulated by blending, `<estimator>[blend]`, against their sum (the paper's), and SI's
+    sum with each task's Ω bounded, `si[bound]`, against SI's sum — over the same trajectory, so that only the
+    importance differs (a run driven by the option would also train differently). Rows as
+    library_practice_correlations', after task t."""
+    rule = {kind: replace(config, estimators=replace(config.estimators, accumulation=kind,
+                                                     blend_alpha=LIBRARY_BLEND_ALPHA)) for kind in ("sum", "blend")}
+    summed, blended, bounded = {}, {}, {}
+    for task in sorted(increments):
+        step = increments[task]
+        summed = accumulate(summed, step, rule["sum"])
+        blended = accumulate(blended, {e: step[e] for e in LIBRARY_BLENDED if e in step}, rule["blend"])
+        if "si" in step:
+            bounded = accumulate(bounded, {"si": {k: v.clamp(max=LIBRARY_SI_BOUND) for k, v in step["si"].items()}},
+                                 rule["sum"])
+    importances = {**summed, **{f"{e}[blend]": v for e, v in blended.items()},
+                   **{f"{e}[bound]": v for e, v in bounded.items()}}
+    which = [(f"{e}[blend]", e) for e in blended] + [(f"{e}[bound]", e) for e in bounded]
+    rows = correlation_rows(max(increments), "accumulated", importances, config.analysis.top_k_percent, which)
     return pd.DataFrame(rows, columns=COLUMNS).drop(columns=["task", "kind"])

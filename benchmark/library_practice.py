@@ -5,17 +5,20 @@ on task t's importance samples — as the run itself would compute them after ta
 and the libraries' practice (correlations.LIBRARY_PRACTICE: the minibatch-gradient shortcut `fis_batched`, the
 arg-max labels `fis_maxpred`, the p(y|x)-weighted empirical Fisher `fis_pweighted`; each estimator's docstring
 names the libraries that do it) are computed and correlated per layer: Pearson, Spearman and the overlap of the
-top 10 %. The empirical Fisher `fis` and the true Fisher `fis_exact` are the references. Per protocol, driver,
-layer and pair: the mean over seeds with its 95% t-interval.
+top 10 %. The empirical Fisher `fis` and the true Fisher `fis_exact` are the references. Where the run logged
+every task's importance (`run --log-importances all`), also the libraries' options that act across tasks
+(correlations.library_option_correlations): fis and mas blended (α = 0.5) against their sum, SI with each task's
+Ω bounded at 0.001 against SI. Per protocol, driver, layer and pair: the mean over seeds with its 95% t-interval.
 """
 
 from pathlib import Path
 
 import pandas as pd
 
-from benchmark.correlations import library_practice_correlations
+from benchmark.correlations import library_option_correlations, library_practice_correlations
 from benchmark.drivers import in_paper_order
 from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS
+from benchmark.errors import UsageError
 from benchmark.evaluation import task_head
 from benchmark.model import make_model
 from benchmark.progress import Progress
@@ -33,7 +36,10 @@ def cell_table(store: Store, run_id: str, task: int | None, data: dict[str, dict
                data_dir: str, download: bool) -> pd.DataFrame:
     """library_practice_correlations of one cell's network after `task` (default its last) on that task's
     importance samples, through that task's head. data: the protocols' splits read so far, by protocol."""
-    logged = read_logged_run(store, run_id, task, importances=False)
+    try:
+        logged = read_logged_run(store, run_id, task)
+    except UsageError:  # logged without every task's importances (`run --log-importances all`): no option rows
+        logged = read_logged_run(store, run_id, task, importances=False)
     config = logged.config
     if config.protocol not in data:
         data[config.protocol] = load_splits(config.data, data_dir, download, "cpu")
@@ -44,6 +50,8 @@ def cell_table(store: Store, run_id: str, task: int | None, data: dict[str, dict
     x, y = sequence.split("importance", logged.task)
     with task_head(model, sequence.classes(logged.task)):
         table = library_practice_correlations(model, x, y, config)
+    if logged.importances:
+        table = pd.concat([table, library_option_correlations(logged.importances, config)], ignore_index=True)
     return table.assign(task=logged.task)
 
 
@@ -78,8 +86,11 @@ def readme(summary: pd.DataFrame, sweep: RecordedSweep, command: str) -> str:
              f"{int(summary.task.iloc[0])}, on that task's importance samples: every estimator of "
              "`correlations.LIBRARY_PRACTICE` computed, and each library shortcut correlated with the empirical "
              "Fisher `fis` and the true Fisher `fis_exact` over each layer's weights; mean over seeds [95% "
-             f"t-interval] (an interval from {MIN_SEEDS} seeds on). How: benchmark/library_practice.py; which "
-             "library does what: docs/estimators.md.", "",
+             f"t-interval] (an interval from {MIN_SEEDS} seeds on). From runs that logged every task's importance, "
+             "also the options that act across tasks, on the importance accumulated over the run's tasks 0 … "
+             f"{int(summary.task.iloc[0])}: `fis[blend]` and `mas[blend]` (Ω ← 0.5 Ω + 0.5 Ω_task) against the "
+             "sum, `si[bound]` (each task's Ω bounded at 0.001) against SI's. How: benchmark/library_practice.py; "
+             "which library does what: docs/estimators.md.", "",
              f"Runs: experiment {sweep.experiment}, sweep {', '.join(p.id for p in sweep.parents)}: "
              f"{len(sweep.cells)} cells.", "", f"Regenerate: `{command}`", ""]
     weights = summary[summary.param == "weight"]

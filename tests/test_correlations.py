@@ -92,3 +92,31 @@ def test_extra_pairs_appear_with_their_estimators():
                                 ("fis_sampled", "fis_exact"), ("fis_batched", "fis"), ("mas", "abs_fisher"),
                                 ("si", "sqrt(sos)")]
     assert ("fis_exact", "mas") not in pairs(names)
+
+
+def test_library_options_against_a_hand_computation_on_two_tasks():
+    """fis[blend] after two tasks is 0.25 Ω_0 + 0.5 Ω_1 (blending from zero with α = 0.5), si[bound] is
+    min(Ω_0, 0.001) + min(Ω_1, 0.001); each against the plain sum Ω_0 + Ω_1 of the same increments."""
+    from benchmark.config import load_config
+    from benchmark.correlations import library_option_correlations
+
+    def scaled(seed, scale):
+        return {k: v * scale for k, v in importances(seed).items()}
+
+    increments = {0: {"fis": importances(1), "si": scaled(2, 0.002)},
+                  1: {"fis": importances(3), "si": scaled(4, 0.002)}}
+    table = library_option_correlations(increments, load_config("paper"))
+    assert set(zip(table.estimator_a, table.estimator_b)) == {("fis[blend]", "fis"), ("si[bound]", "si")}
+
+    def value(a, layer, method):
+        return table[(table.estimator_a == a) & (table.layer == layer) & (table.param == "weight")
+                     & (table.method == method)].value.item()
+
+    f0, f1 = (increments[t]["fis"]["fc2.weight"].flatten().double() for t in (0, 1))
+    s0, s1 = (increments[t]["si"]["fc1.weight"].flatten().double() for t in (0, 1))
+    assert value("fis[blend]", "fc2", "pearson") == pytest.approx(
+        stats.pearsonr(0.25 * f0 + 0.5 * f1, f0 + f1)[0], abs=1e-6)
+    bounded = s0.clamp(max=0.001) + s1.clamp(max=0.001)
+    assert (s0 > 0.001).any() and (s0 < 0.001).any()  # the bound binds on some entries, not on all
+    assert value("si[bound]", "fc1", "spearman") == pytest.approx(stats.spearmanr(bounded, s0 + s1)[0], abs=1e-6)
+    assert value("si[bound]", "fc1", "pearson") == pytest.approx(stats.pearsonr(bounded, s0 + s1)[0], abs=1e-6)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # trains through the CLI and a real store
 
 def test_measured_on_each_network_as_its_run_left_it(store_uri, tmp_path, mnist):
     assert main(["run", "--protocol", "smoke", "--drivers", "none,mas", "--seeds", "3", "--data-dir", DATA_DIR,
-                 "--tracking-uri", store_uri]) == 0
+                 "--tracking-uri", store_uri, "--log-importances", "all"]) == 0
     out = tmp_path / "out"
     assert main(["library-practice", "--experiment", "pmnist-smoke", "--task", "1", "--data-dir", DATA_DIR,
                  "--tracking-uri", store_uri, "--out", str(out)]) == 0
@@ -30,6 +30,11 @@ def test_measured_on_each_network_as_its_run_left_it(store_uri, tmp_path, mnist)
     assert {"fingerprint", "run_id"} <= set(cells.columns)
     assert set(zip(cells.estimator_a, cells.estimator_b)) >= {("fis_batched", "fis"), ("fis_maxpred", "fis_exact"),
                                                               ("fis_pweighted", "fis")}
+    # every task's importance logged: the options that act across tasks too, for every cell
+    options = cells[cells.estimator_a.isin(["fis[blend]", "mas[blend]", "si[bound]"])]
+    assert set(zip(options.estimator_a, options.estimator_b)) == {("fis[blend]", "fis"), ("mas[blend]", "mas"),
+                                                                  ("si[bound]", "si")}
+    assert options.groupby(["driver", "seed"]).ngroups == 6
 
     # one value by hand: mas seed 2's network after task 1, on task 1's importance samples
     client = MlflowClient(store_uri)
