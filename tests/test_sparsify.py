@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
 from torch import nn
 
 from benchmark.cli import main
@@ -28,11 +29,13 @@ from benchmark.sparsify import (
     magnitude_importance,
     prunable_weights,
     random_importance,
+    read_logged_run,
     schedules,
     summarise,
 )
 from estimators.fis_exact import TrueFisher
 from tests.conftest import DATA_DIR
+from tracking import Store
 
 
 def zeroing_sequence(schedule, names) -> list[tuple[str, int]]:
@@ -300,6 +303,14 @@ def test_sparsify_from_a_logged_run(store_uri, tmp_path, capsys):
     assert len(curves) == 2 * 5 * len(ORDERS) * len(SCOPES) * (STEPS + 1)  # mas, si, fis sorted by name, baselines
     (child,) = runs_of(store_uri, EXPERIMENT, "sparsify")
     assert child.data.tags["from_run"] == cells["all"] and child.data.tags["task"] == "1"
+    # each task read back with its own importance (once all read the last task's: one downloaded file for both)
+    logged = read_logged_run(Store(store_uri), cells["all"], 1)
+    client = MlflowClient(store_uri)
+    for j in (0, 1):
+        own = load_file(client.download_artifacts(cells["all"], f"tasks/task_{j:02d}/importances.safetensors",
+                                                  str(tmp_path / f"check{j}")))
+        assert torch.equal(logged.importances[j]["mas"]["fc1.weight"], own["mas.fc1.weight"])
+    assert not torch.equal(logged.importances[0]["mas"]["fc1.weight"], logged.importances[1]["mas"]["fc1.weight"])
 
     capsys.readouterr()
     assert main(["sparsify", "--from-run", cells["all"], "--task", "2", "--data-dir", DATA_DIR, "--tracking-uri",

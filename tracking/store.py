@@ -296,10 +296,14 @@ class Store:
                          metrics=dict(run.data.metrics))
 
     def download(self, run_id: str, path: str, destination: str | Path) -> Path:
-        """Copy a run's artifact file or folder to destination; return the local path."""
+        """Copy a run's artifact file or folder to destination/<its folder in the run>; return the local path.
+        Keeping the run's folders matters: MLflow writes an artifact under its base name, so two tasks'
+        importances.safetensors downloaded into one folder would be one file, and the tensors safetensors
+        memory-maps from the first would read the second's values."""
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise
-        Path(destination).mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, path, str(destination)))
+        folder = Path(destination) / Path(path).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(folder)))
 
 
 class Run:
