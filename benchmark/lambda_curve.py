@@ -311,7 +311,8 @@ def write_results(out: Path, cells: pd.DataFrame, summary: pd.DataFrame, best: p
         "|---|---|---|",
         *[f"| {r.driver} ({r.best_lambda:g}) | {r.reference} ({r.reference_lambda:g}) | {100 * r.difference:+.2f} "
           f"[{100 * r.low:+.2f}, {100 * r.high:+.2f}] ({r.n}) |" for r in optima.itertuples()],
-        *([] if len(optima) else ["| none: no driver has a complete curve, fresh seeds and its reference's both in this computation | | |"]),
+        *([] if len(optima) else ["| none: no driver has a complete curve, fresh seeds and its reference's both "
+                                  "in this computation | | |"]),
         "",
         f"Files: `{CELLS_FILE}` (one row a finished cell, its fingerprint; `verify` reruns them), "
         f"`{SUMMARY_FILE}` (per driver and λ), `{BEST_FILE}`, `{OPTIMA_FILE}`, `{FIGURE_FILE}`.", ""]

@@ -85,3 +85,27 @@ def test_the_thread_count_table_is_what_its_script_computes_and_what_the_finding
     assert pooled.n == 35 and pooled.differing == 35
     stated = ("+" if pooled.difference > 0 else "") + as_stated(pooled.difference, pooled.low, pooled.high, 2)
     assert stated in " ".join((RESULTS / "README.md").read_text().split())
+
+
+def test_the_library_comparisons_the_readmes_state_equal_their_tables():
+    """The libraries' shortcuts (library-lambda-response/own_optimum.csv) and options (library-options/
+    own_optimum.csv, the output of the script its README names) at their own best λ: every difference the
+    READMEs state is the table's, interval included."""
+    import subprocess
+    import sys
+
+    options = RESULTS / "library-options"
+    script = ["results/library_options.py", "results/lambda-response", "results/library-options/paper-blend",
+              "results/lambda-response", "results/library-options/paper-si-clamp",
+              "results/library-options/conv-quick", "results/library-options/conv-quick-bn-train"]
+    table = subprocess.run([sys.executable, *script], cwd=RESULTS.parent, capture_output=True, text=True,
+                           check=True).stdout
+    assert table == (options / "own_optimum.csv").read_text()
+    shortcuts = pd.read_csv(RESULTS / "library-lambda-response" / "own_optimum.csv")
+    for rows, readmes in ((pd.read_csv(options / "own_optimum.csv"), (options / "README.md", RESULTS / "README.md")),
+                          (shortcuts, (RESULTS / "README.md",))):
+        assert len(rows) >= 3 and (rows.n == 5).all()
+        for path in readmes:
+            text = " ".join(path.read_text().split())
+            for row in rows.itertuples():
+                assert as_stated(row.difference, row.low, row.high, 2) in text, (path.name, row.driver)
