@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.correlations import library_option_correlations, library_practice_correlations
+from benchmark.correlations import (
+    LIBRARY_BLEND_ALPHA,
+    LIBRARY_SI_BOUND,
+    library_option_correlations,
+    library_practice_correlations,
+)
 from benchmark.drivers import in_paper_order
 from benchmark.environment import CELLS_FILE, FINGERPRINT_KEYS
 from benchmark.errors import UsageError
@@ -88,8 +93,9 @@ def readme(summary: pd.DataFrame, sweep: RecordedSweep, command: str) -> str:
              "Fisher `fis` and the true Fisher `fis_exact` over each layer's weights; mean over seeds [95% "
              f"t-interval] (an interval from {MIN_SEEDS} seeds on). From runs that logged every task's importance, "
              "also the options that act across tasks, on the importance accumulated over the run's tasks 0 … "
-             f"{int(summary.task.iloc[0])}: `fis[blend]` and `mas[blend]` (Ω ← 0.5 Ω + 0.5 Ω_task) against the "
-             "sum, `si[bound]` (each task's Ω bounded at 0.001) against SI's. How: benchmark/library_practice.py; "
+             f"{int(summary.task.iloc[0])}: `fis[blend]` and `mas[blend]` (Ω ← {LIBRARY_BLEND_ALPHA:g} Ω + "
+             f"{1 - LIBRARY_BLEND_ALPHA:g} Ω_task) against the sum, `si[bound]` (each task's Ω bounded at "
+             f"{LIBRARY_SI_BOUND:g}) against SI's. How: benchmark/library_practice.py; "
              "which library does what: docs/estimators.md.", "",
              f"Runs: experiment {sweep.experiment}, sweep {', '.join(p.id for p in sweep.parents)}: "
              f"{len(sweep.cells)} cells.", "", f"Regenerate: `{command}`", ""]
