@@ -38,3 +38,11 @@ def test_a_tuned_protocols_lambdas_are_its_studies_best(path, tmp_path):
         assert float(f"{study.best_params['lambda']:.4g}") == pytest.approx(lam, rel=1e-12), driver
         counts = trial_counts(study)
         assert stated[driver] == (counts["complete"], counts["pruned"], counts["failed"]), driver
+
+
+@pytest.mark.parametrize("path", TUNED, ids=lambda p: p.stem)
+def test_a_tuned_protocol_differs_from_its_base_only_in_lambda(path):
+    tuned, base = load_config(path.stem).to_dict(), load_config(path.stem.removesuffix("-tuned")).to_dict()
+    assert tuned["penalty"].keys() == base["penalty"].keys()
+    for section in tuned.keys() - {"protocol", "penalty"}:
+        assert tuned[section] == base[section], section
