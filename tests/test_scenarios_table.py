@@ -3,8 +3,10 @@
 import csv
 import gzip
 import io
+import re
 import subprocess
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import numpy as np
@@ -51,20 +53,17 @@ def test_the_table_equals_a_hand_computation_from_cells_and_summary():
             assert float(row[f"{column}_high"]) == pytest.approx(float(truth["ci_high"]), rel=1e-5)
 
 
-def test_readmes_scenario_table_equals_the_published_csv():
-    """README's "Results across scenarios" table: every ACC and paired difference, with its interval, is
-    results/scenarios.csv's value in %, rounded half up to two decimals."""
-    import re
-    from decimal import ROUND_HALF_UP, Decimal
-
-    def shown(value: str) -> str:
-        return str((Decimal(value) * 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
-
+def table_cells_checked(path: Path, header_start: str) -> tuple[list[str], int]:
+    """Every ACC and paired difference, with its interval, in the table of `path` whose header starts with
+    `header_start` must be results/scenarios.csv's value in %, rounded half up to two decimals. Its scenario columns
+    are the header cells that name one scenario in backticks; other columns (figures quoted from a paper) are not
+    ours to check. Returns the scenarios and the number of cells checked."""
     with open(ROOT / "results/scenarios.csv") as f:
         acc = {(r["scenario"], r["driver"]): r for r in csv.DictReader(f) if r["kind"] == "acc"}
-    lines = (ROOT / "README.md").read_text().splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("| driver | `paper-tuned`"))
-    scenarios = re.findall(r"`([\w-]+)`", lines[header])
+    lines = path.read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    columns = [c.strip() for c in lines[header].strip("|").split("|")][1:]
+    scenarios = [m.group(1) if (m := re.fullmatch(r"`([\w-]+)`", c)) else None for c in columns]
     number = r"([+−]?\d+\.\d\d)"
     checked = 0
     for line in lines[header + 2:]:
@@ -72,11 +71,29 @@ def test_readmes_scenario_table_equals_the_published_csv():
             break
         driver, *cells = [c.strip() for c in line.strip("|").split("|")]
         for scenario, cell in zip(scenarios, cells, strict=True):
+            if scenario is None:
+                continue
             values = [v.replace("−", "-").lstrip("+") for v in re.findall(number, cell)]
             row = acc[scenario, driver]
             keys = ["ACC", "ACC_low", "ACC_high"]
             if driver != "none":
                 keys += ["vs_none", "vs_none_low", "vs_none_high"]
-            assert values == [shown(row[k]) for k in keys], (scenario, driver)
+            assert values == [shown(row[k]) for k in keys], (path.name, scenario, driver)
             checked += 1
+    return [s for s in scenarios if s], checked
+
+
+def shown(value: str) -> str:
+    return str((Decimal(value) * 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def test_readmes_scenario_table_equals_the_published_csv():
+    scenarios, checked = table_cells_checked(ROOT / "README.md", "| driver | `paper-tuned`")
     assert checked == 5 * len(scenarios) and len(scenarios) == 6
+
+
+def test_results_readmes_scenario_tables_equal_the_published_csv():
+    scenarios, checked = table_cells_checked(ROOT / "results/README.md", "| driver | `paper-tuned`")
+    assert checked == 5 * len(scenarios) and len(scenarios) == 6
+    scenarios, checked = table_cells_checked(ROOT / "results/README.md", "| driver | `vdv-split-task`")
+    assert scenarios == ["vdv-split-task"] and checked == 5
