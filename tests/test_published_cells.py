@@ -2,6 +2,8 @@
 (a 16-hex-digit fingerprint, CPU, ISA, threads, torch), the commit it ran at — from a clean tree, unless the
 folder's README explains otherwise at its top — and its run."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -91,9 +93,6 @@ def test_the_library_comparisons_the_readmes_state_equal_their_tables():
     """The libraries' shortcuts (library-lambda-response/own_optimum.csv) and options (library-options/
     own_optimum.csv, the output of the script its README names) at their own best λ: every difference the
     READMEs state is the table's, interval included."""
-    import subprocess
-    import sys
-
     options = RESULTS / "library-options"
     script = ["results/library_options.py", "results/lambda-response", "results/library-options/paper-blend",
               "results/lambda-response", "results/library-options/paper-si-clamp",
