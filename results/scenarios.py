@@ -3,6 +3,7 @@ store, no training):
 
     python results/scenarios.py results/paper-tuned results/conv-quick results/rotated results/split-task \
         results/split-domain results/split-class results/vdv-split-task results/vdv-split-domain \
+        results/vdv-split-class \
         > results/scenarios.csv
 
 A row per (scenario, driver) (`kind` acc): test ACC, mean and 95% t-interval over the folder's seeds, and its
