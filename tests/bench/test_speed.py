@@ -45,10 +45,11 @@ PAPER = load_config("paper")
 TARGET_IMPORTANCE_SPEEDUP, GUARD_IMPORTANCE_SPEEDUP = 100, 15
 TARGET_SI_STEP_RATIO, GUARD_SI_STEP_RATIO = 1.05, 1.30  # measured 1.08–1.18
 TARGET_RUN_RATIO = 1.15  # met by the paper protocol without a penalty (0.99–1.02): enforced as it is
-# with a penalty 1.07–1.15 in five runs on an earlier VM, 1.19–1.26 on this one (1.258 failed CI at a 1.25 guard,
-# 1.242 on a quiet machine, 2026-12-06): the target is missed here; the guard catches a regression, not noise
+# with a penalty 1.07–1.15 in five runs on an earlier VM, 1.19–1.26 on later ones (1.258 failed CI at a 1.25 guard,
+# 1.242 on a quiet machine, 2026-12-06): the target is missed there; the guard catches a regression, not noise
 GUARD_PENALTY_RUN_RATIO = 1.40
 GUARD_QUICK_RUN_RATIO = 4.0  # the quick protocol trains 200 steps a task, fewer than its evaluation costs
+GUARD_FUSED_ADAM_RATIO = 1.05  # the fused Adam's step against the default one's: no dearer, with room for noise
 
 
 def relative_error(fast: dict, slow: dict) -> float:
@@ -186,14 +187,12 @@ def test_run_vs_bare_loop(benchmark, mnist, store_uri, protocol, driver, limit):
     assert ratio <= limit, f"a {protocol}-protocol {driver} cell costs {ratio:.2f}× the bare loop"
 
 
-GUARD_FUSED_ADAM_RATIO = 1.05
-
-
 def test_fused_adam_vs_default_adam_step(benchmark):
     """What the experiment's fused Adam saves per training step against PyTorch's default Adam (the bare loop's):
     the part of P1's margin that comes from the optimiser rather than from low overhead elsewhere. Measured 0.77 on
     an earlier VM; 0.79, 0.84, 0.96 and, in one CI run, 1.0007 on this one (2026-12-06): the saving is real but
-    not always larger than the machine's noise, so what is enforced is that the fused Adam costs no more."""
+    not always larger than the machine's noise, so what is enforced is only that it is no dearer
+    (GUARD_FUSED_ADAM_RATIO)."""
     x, y = torch.rand(10000, 784), torch.randint(0, 10, (10000,))
 
     def steps(fused: bool):
