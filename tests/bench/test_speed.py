@@ -44,11 +44,14 @@ PAPER = load_config("paper")
 # before this session included: its batch-1 loop runs 4× faster (1.9 s, not 7.9 s), the vectorised path 2×
 TARGET_IMPORTANCE_SPEEDUP, GUARD_IMPORTANCE_SPEEDUP = 100, 15
 TARGET_SI_STEP_RATIO, GUARD_SI_STEP_RATIO = 1.05, 1.30  # measured 1.08–1.18
-TARGET_RUN_RATIO = 1.15  # met by the paper protocol without a penalty (0.99–1.02): enforced as it is
-# with a penalty 1.07–1.15 in five runs on an earlier VM, 1.19–1.26 on later ones (1.258 failed CI at a 1.25 guard,
-# 1.242 on a quiet machine, 2026-12-06): the target is missed there; the guard catches a regression, not noise
-GUARD_PENALTY_RUN_RATIO = 1.40
-GUARD_QUICK_RUN_RATIO = 4.0  # the quick protocol trains 200 steps a task, fewer than its evaluation costs
+# P1. The paper protocol met the target without a penalty on the first VM (0.99–1.02), with one at its edge
+# (1.07–1.15). On the VM of 2026-12-06/07 the same code measured none 1.070 and 1.179, mas 1.242, 1.258 and 1.316,
+# quick 3.98 and 4.46 — and the code of 2026-11-27 (8ce502e), in the same hour, none 1.221, mas 1.159, quick 4.44:
+# the machine moves the ratio by ±0.1 (its bare loop took 67–98 s), not the code. The target is recorded per run
+# (target_met); CI guards each ratio above this VM's spread, to catch a regression rather than fail on noise.
+TARGET_RUN_RATIO = 1.15
+GUARD_RUN_RATIO, GUARD_PENALTY_RUN_RATIO = 1.40, 1.50
+GUARD_QUICK_RUN_RATIO = 6.0  # the quick protocol trains 200 steps a task, fewer than its evaluation costs
 GUARD_FUSED_ADAM_RATIO = 1.05  # the fused Adam's step against the default one's: no dearer, with room for noise
 
 
@@ -156,7 +159,7 @@ class BareLoopBetweenTasks:
         self.task += 1
 
 
-@pytest.mark.parametrize("protocol, driver, limit", [("paper", "none", TARGET_RUN_RATIO),
+@pytest.mark.parametrize("protocol, driver, limit", [("paper", "none", GUARD_RUN_RATIO),
                                                      ("paper", "mas", GUARD_PENALTY_RUN_RATIO),
                                                      ("quick", "mas", GUARD_QUICK_RUN_RATIO)])
 def test_run_vs_bare_loop(benchmark, mnist, store_uri, protocol, driver, limit):
