@@ -259,7 +259,8 @@ def test_conv_importances_vectorised_vs_batch1_loop(benchmark, mnist):
 
 # On a CPU, --parallel never slower than the same cells one at a time (it does the same arithmetic,
 # cell for cell, plus stacking each batch); guarded with room for a loaded machine's noise.
-TARGET_CPU_STACK_RATIO, GUARD_CPU_STACK_RATIO = 1.0, 1.10
+# measured 0.750 (loaded), 1.005, and on the VM of 2026-12-06/07 0.990 and 1.081
+TARGET_CPU_STACK_RATIO, GUARD_CPU_STACK_RATIO = 1.0, 1.20
 
 
 def test_stacked_cells_vs_one_at_a_time_on_cpu(benchmark, mnist):
