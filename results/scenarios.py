@@ -12,7 +12,9 @@ removes what the seed alone decides).
 
 A row per pair of the paper's estimators (`kind` pair, `pair` a-b): the ACC difference a − b paired by seed. Every
 pair, with no correction for their number: six comparisons at 95% each, so where no estimator differs from another,
-about one scenario in four still shows an interval that excludes 0.
+about one scenario in four still shows an interval that excludes 0. Where a folder has a library's shortcut for the
+Fisher (fis_batched, fis_maxpred, fis_pweighted), a pair row of it against the estimator it stands in for (fis),
+each at its own tuned λ.
 
 A row per first, middle and output weight layer (`kind` correlation; batch-norm scales left out): the Pearson
 correlation of MAS's accumulated weight importances with FIS's, SI's and SIG's after the last task, in the runs
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.drivers import PAPER_ESTIMATORS, in_paper_order
+from benchmark.drivers import LIBRARY_SHORTCUTS, PAPER_ESTIMATORS, in_paper_order
 from benchmark.report.cells import read_cells
 from benchmark.report.stats import Estimate, layer_order, mean_ci, paired_difference
 
@@ -56,7 +58,8 @@ def accuracy_rows(folder: Path) -> list[dict]:
             row.update(columns("vs_none", paired_difference(by_seed, none)))
         rows.append(row)
     estimators = [d for d in in_paper_order(set(cells.driver)) if d in PAPER_ESTIMATORS]
-    for a, b in itertools.combinations(estimators, 2):
+    shortcuts = [(d, reference) for d, reference in LIBRARY_SHORTCUTS.items() if {d, reference} <= set(cells.driver)]
+    for a, b in [*itertools.combinations(estimators, 2), *shortcuts]:
         by_seed = [cells[cells.driver == d].set_index("seed").ACC.astype(float).to_dict() for d in (a, b)]
         e = paired_difference(*by_seed)
         rows.append({"kind": "pair", "scenario": folder.name, "pair": f"{a}-{b}", "seeds": e.n,
