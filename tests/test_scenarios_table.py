@@ -53,13 +53,30 @@ def test_the_table_equals_a_hand_computation_from_cells_and_summary():
             assert float(row[f"{column}_high"]) == pytest.approx(float(truth["ci_high"]), rel=1e-5)
 
 
-def table_cells_checked(path: Path, header_start: str) -> tuple[list[str], int]:
+def test_each_library_shortcut_is_paired_with_the_fisher_it_stands_in_for():
+    out = subprocess.run([sys.executable, "results/scenarios.py", "results/split-task"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    pairs = {r["pair"]: r for r in csv.DictReader(io.StringIO(out)) if r["kind"] == "pair"}
+    assert {"fis_batched-fis", "fis_maxpred-fis", "fis_pweighted-fis"} <= set(pairs)
+    with open(ROOT / "results/split-task/cells.csv") as f:
+        acc = {(c["driver"], int(c["seed"])): float(c["ACC"]) for c in csv.DictReader(f)}
+    differences = np.array([acc["fis_maxpred", s] - acc["fis", s] for s in range(5)])
+    half = stats.t.ppf(0.975, 4) * differences.std(ddof=1) / np.sqrt(5)
+    row = pairs["fis_maxpred-fis"]
+    assert float(row["difference"]) == pytest.approx(differences.mean(), rel=1e-5)
+    assert float(row["difference_low"]) == pytest.approx(differences.mean() - half, rel=1e-5)
+
+
+def table_cells_checked(path: Path, header_start: str, reference: str = "none") -> tuple[list[str], int]:
     """Every ACC and paired difference, with its interval, in the table of `path` whose header starts with
-    `header_start` must be results/scenarios.csv's value in %, rounded half up to two decimals. Its scenario columns
+    `header_start` must be results/scenarios.csv's value in %, rounded half up to two decimals: the difference from
+    `none` (its vs_none columns), or with another reference the pair row <driver>-<reference>. Its scenario columns
     are the header cells that name one scenario in backticks; other columns (figures quoted from a paper) are not
     ours to check. Returns the scenarios and the number of cells checked."""
     with open(ROOT / "results/scenarios.csv") as f:
-        acc = {(r["scenario"], r["driver"]): r for r in csv.DictReader(f) if r["kind"] == "acc"}
+        rows = list(csv.DictReader(f))
+    acc = {(r["scenario"], r["driver"]): r for r in rows if r["kind"] == "acc"}
+    pairs = {(r["scenario"], r["pair"]): r for r in rows if r["kind"] == "pair"}
     lines = path.read_text().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     columns = [c.strip() for c in lines[header].strip("|").split("|")][1:]
@@ -74,11 +91,13 @@ def table_cells_checked(path: Path, header_start: str) -> tuple[list[str], int]:
             if scenario is None:
                 continue
             values = [v.replace("−", "-").lstrip("+") for v in re.findall(number, cell)]
-            row = acc[scenario, driver]
-            keys = ["ACC", "ACC_low", "ACC_high"]
-            if driver != "none":
-                keys += ["vs_none", "vs_none_low", "vs_none_high"]
-            assert values == [shown(row[k]) for k in keys], (path.name, scenario, driver)
+            expected = [shown(acc[scenario, driver][k]) for k in ("ACC", "ACC_low", "ACC_high")]
+            if reference == "none" and driver != "none":
+                expected += [shown(acc[scenario, driver][k]) for k in ("vs_none", "vs_none_low", "vs_none_high")]
+            elif reference != "none":
+                pair = pairs[scenario, f"{driver}-{reference}"]
+                expected += [shown(pair[k]) for k in ("difference", "difference_low", "difference_high")]
+            assert values == expected, (path.name, scenario, driver)
             checked += 1
     return [s for s in scenarios if s], checked
 
@@ -97,3 +116,9 @@ def test_results_readmes_scenario_tables_equal_the_published_csv():
     assert checked == 5 * len(scenarios) and len(scenarios) == 6
     scenarios, checked = table_cells_checked(ROOT / "results/README.md", "| driver | `vdv-split-task`")
     assert scenarios == ["vdv-split-task", "vdv-split-domain", "vdv-split-class"] and checked == 15
+
+
+def test_results_readmes_shortcut_table_equals_the_published_csv():
+    scenarios, checked = table_cells_checked(ROOT / "results/README.md", "| shortcut | `conv-quick`", reference="fis")
+    assert scenarios[:5] == ["conv-quick", "rotated", "split-task", "split-domain", "split-class"]
+    assert checked == 3 * len(scenarios)
