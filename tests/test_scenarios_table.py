@@ -122,3 +122,9 @@ def test_results_readmes_shortcut_table_equals_the_published_csv():
     scenarios, checked = table_cells_checked(ROOT / "results/README.md", "| shortcut | `conv-quick`", reference="fis")
     assert scenarios[:5] == ["conv-quick", "rotated", "split-task", "split-domain", "split-class"]
     assert checked == 3 * len(scenarios)
+
+
+def test_results_readmes_van_de_ven_shortcut_table_equals_the_published_csv():
+    scenarios, checked = table_cells_checked(ROOT / "results/README.md", "| shortcut | `vdv-split-task`",
+                                             reference="fis")
+    assert scenarios[0] == "vdv-split-task" and checked == 3 * len(scenarios)
